@@ -1,0 +1,288 @@
+"""Typed experiment configuration: YAML in, validated dataclasses out.
+
+Every option lives in one dataclass tree rooted at :class:`ExperimentConfig`. Each field's
+``help`` metadata is what ``python launch.py --help`` prints, so the docs cannot drift from
+the defaults. All validation happens here, before Ray starts.
+
+Example:
+    >>> cfg = load_config(None, ["task.episodes_per_trial=5", "training.lr=1e-3"])
+    >>> cfg.task.episodes_per_trial, cfg.training.lr
+    (5, 0.001)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending dotted key in the message."""
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class TaskConfig:
+    family: str = _help(
+        "Task family: a module name in envs/ (e.g. 'bandit') or a dotted module path "
+        "importable from the working directory (e.g. 'my_tasks.coin').",
+        default="bandit",
+    )
+    params: dict = _help("Keyword arguments of the family's constructor.", default_factory=dict)
+    episodes_per_trial: int = _help(
+        "Episodes of one task in a trial (K); the hidden state lives across them.", default=10
+    )
+    test_fraction: float = _help(
+        "Share of the task space held out for evaluation (families with a fixed split ignore it).",
+        default=0.2,
+    )
+    reward_scale: float = _help(
+        "Multiplier on rewards seen by the learner and the policy input (metrics stay raw).",
+        default=1.0,
+    )
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["gru"] = _help("Recurrent core of the meta-policy.", default="gru")
+    hidden_size: int = _help("Width of the recurrent state.", default=256)
+    encoder_layers: list[int] = _help(
+        "Widths of the MLP applied to the trial input before the recurrent core.",
+        default_factory=list,
+    )
+    head_layers: list[int] = _help(
+        "Widths of the MLP between the recurrent core and the policy/value heads.",
+        default_factory=list,
+    )
+    max_seq_len: int = _help(
+        "Steps per training sequence (truncated BPTT); trials longer than this are chunked "
+        "and the chunk's initial recurrent state comes from sampling.",
+        default=50,
+    )
+
+
+@dataclass
+class TrainingConfig:
+    algorithm: Literal["PPO"] = _help("RLlib algorithm that trains the meta-policy.", default="PPO")
+    total_env_steps: int = _help("Stop after this many sampled env steps.", default=1_000_000)
+    train_batch_size: int = _help("Env steps per training iteration (whole trials).", default=10_000)
+    minibatch_size: int = _help("Env steps per SGD minibatch.", default=2_000)
+    num_epochs: int = _help("SGD passes over each training batch.", default=4)
+    lr: float = _help("Adam learning rate.", default=3e-4)
+    gamma: float = _help("Discount within a trial (1.0 = undiscounted trial return).", default=0.99)
+    lambda_: float = _help("GAE lambda.", default=0.95)
+    clip_param: float = _help("PPO policy clip range.", default=0.2)
+    vf_loss_coeff: float = _help("Weight of the value loss.", default=0.5)
+    vf_clip_param: float = _help("Value-loss clip range (in return units).", default=10.0)
+    entropy_coeff: float = _help("Weight of the entropy bonus.", default=0.01)
+    grad_clip: Optional[float] = _help("Global gradient-norm clip; null disables.", default=1.0)
+
+
+@dataclass
+class EnvRunnersConfig:
+    num_env_runners: int = _help(
+        "Remote sampling actors; 0 samples in the driver process (serial/debug mode).", default=0
+    )
+    num_envs_per_env_runner: int = _help("Vectorised trial envs per runner.", default=64)
+    num_cpus_per_env_runner: float = _help("CPUs Ray reserves per env runner.", default=1.0)
+
+
+@dataclass
+class LearnersConfig:
+    num_learners: int = _help("Remote learner actors (DDP); 0 learns in the driver.", default=0)
+    num_gpus_per_learner: float = _help("GPUs per learner (0 for CPU).", default=0.0)
+
+
+@dataclass
+class EvaluationConfig:
+    interval: int = _help("Evaluate every this many training iterations (and once at the end).", default=10)
+    num_trials: int = _help("Held-out (and training-split) trials per periodic evaluation.", default=200)
+    final_num_trials: int = _help("Trials per split in the final evaluation.", default=1000)
+    num_env_runners: int = _help("Remote evaluation actors; 0 evaluates in the driver.", default=0)
+    num_envs_per_env_runner: int = _help("Vectorised trial envs per evaluation runner.", default=64)
+    explore: bool = _help(
+        "Sample actions during evaluation (True) or act greedily (False).", default=False
+    )
+    baselines: Optional[list[str]] = _help(
+        "Family baselines to run on the evaluation trials; null runs all the family has.",
+        default=None,
+    )
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = _help("Run name; the run folder is runs/<name>-<timestamp> by default.", default="metaray")
+    seed: int = _help("Seeds the task split, samplers and network initialisation.", default=0)
+    checkpoint_interval: int = _help("Checkpoint every this many iterations (0: only at the end).", default=10)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    env_runners: EnvRunnersConfig = field(default_factory=EnvRunnersConfig)
+    learners: LearnersConfig = field(default_factory=LearnersConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_value(cfg: ExperimentConfig) -> None:
+    """Cross-field and range checks; the message names the offending key."""
+    positive = {
+        "task.episodes_per_trial": cfg.task.episodes_per_trial,
+        "model.hidden_size": cfg.model.hidden_size,
+        "training.total_env_steps": cfg.training.total_env_steps,
+        "training.train_batch_size": cfg.training.train_batch_size,
+        "training.minibatch_size": cfg.training.minibatch_size,
+        "training.num_epochs": cfg.training.num_epochs,
+        "training.lr": cfg.training.lr,
+        "env_runners.num_envs_per_env_runner": cfg.env_runners.num_envs_per_env_runner,
+        "evaluation.num_trials": cfg.evaluation.num_trials,
+        "evaluation.interval": cfg.evaluation.interval,
+        "model.max_seq_len": cfg.model.max_seq_len,
+        "evaluation.final_num_trials": cfg.evaluation.final_num_trials,
+        "evaluation.num_envs_per_env_runner": cfg.evaluation.num_envs_per_env_runner,
+        "task.reward_scale": cfg.task.reward_scale,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    non_negative = {
+        "env_runners.num_env_runners": cfg.env_runners.num_env_runners,
+        "learners.num_learners": cfg.learners.num_learners,
+        "learners.num_gpus_per_learner": cfg.learners.num_gpus_per_learner,
+        "evaluation.num_env_runners": cfg.evaluation.num_env_runners,
+        "checkpoint_interval": cfg.checkpoint_interval,
+        "training.entropy_coeff": cfg.training.entropy_coeff,
+        "training.vf_loss_coeff": cfg.training.vf_loss_coeff,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if not 0.0 < cfg.task.test_fraction < 1.0:
+        raise ConfigError(f"task.test_fraction must be in (0, 1), got {cfg.task.test_fraction}")
+    for key in ("gamma", "lambda_"):
+        value = getattr(cfg.training, key)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"training.{key} must be in [0, 1], got {value}")
+    if cfg.training.minibatch_size > cfg.training.train_batch_size:
+        raise ConfigError(
+            f"training.minibatch_size ({cfg.training.minibatch_size}) must not exceed "
+            f"training.train_batch_size ({cfg.training.train_batch_size})"
+        )
+    if cfg.training.grad_clip is not None and cfg.training.grad_clip <= 0:
+        raise ConfigError(f"training.grad_clip must be > 0 or null, got {cfg.training.grad_clip}")
+    if any(w <= 0 for w in cfg.model.encoder_layers + cfg.model.head_layers):
+        raise ConfigError("model.encoder_layers and model.head_layers must hold positive widths")
+    if not cfg.name or "/" in cfg.name:
+        raise ConfigError(f"name must be a non-empty string without '/', got {cfg.name!r}")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Return ``value`` as ``annotation`` or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {type(value).__name__} {value!r}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, key)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation is int and isinstance(value, bool):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if not isinstance(value, annotation):
+        raise ConfigError(f"{key} must be {annotation.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown config key '{where}' (valid: {', '.join(sorted(names))})")
+    kwargs = {
+        key: _coerce(value, hints[key], f"{prefix}.{key}" if prefix else key)
+        for key, value in data.items()
+    }
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, assignment: str) -> None:
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects dotted.key=value, got {assignment!r}")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc})") from None
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: '{part}' is not a section")
+    node[leaf] = value
+
+
+def load_config(path: Optional[str | Path], overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML config, apply ``dotted.key=value`` overrides and validate everything."""
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping at the top level")
+    for assignment in overrides:
+        _set_dotted(data, assignment)
+    cfg = _build(ExperimentConfig, data)
+    _check_value(cfg)
+    return cfg
+
+
+def describe_options(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
+    """One help line per config key: ``key (type, default): help``."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    default = cls()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines.extend(describe_options(hints[f.name], f"{key}."))
+            continue
+        type_name = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
+        lines.append(f"  {key} ({type_name}, default {getattr(default, f.name)!r}): {f.metadata['help']}")
+    return lines

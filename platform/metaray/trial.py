@@ -1,0 +1,186 @@
+"""RL² trials: K episodes of one task presented to RLlib as one episode.
+
+Because a whole trial is one RLlib episode, RLlib's stateful-module machinery keeps the
+recurrent state across the inner episodes of a trial and resets it between trials, which is
+exactly the RL² setting. The policy's input at every step is::
+
+    [flatten(inner obs), flatten(previous action), previous reward, inner-episode-done flag]
+
+The previous action/reward are zeros at the first step of a trial; the done flag is 1 on the
+first observation after an inner episode ended. :data:`TRIAL_INFO_KEY` in the info of a
+trial's last step holds per-inner-episode returns (and successes where the family defines
+them) for the metrics.
+
+Example:
+    >>> env = TrialEnv({"family": "bandit", "params": {"num_arms": 5}, "episodes_per_trial": 10})
+    >>> obs, info = env.reset(seed=0)
+    >>> obs.shape  # 1 (bandit obs) + 5 (one-hot previous arm) + reward + done
+    (8,)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from metaray.tasks import SPLITS, Split, TaskFamily, TaskSplit, TrialPolicy, load_family
+
+TRIAL_INFO_KEY = "metaray_trial"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What one finished trial yields for the adaptation metrics."""
+
+    split: str
+    index: int  # position in the split's evaluation sequence; -1 for sampled trials
+    episode_returns: tuple[float, ...]
+    episode_successes: tuple[bool, ...] | None  # None when the family defines no success
+
+
+class _EpisodeTally:
+    """Accumulates per-inner-episode return and success over one trial."""
+
+    def __init__(self) -> None:
+        self.returns: list[float] = []
+        self.successes: list[bool] = []
+        self.has_success = False
+        self._return = 0.0
+        self._success = False
+
+    def step(self, reward: float, info: Mapping[str, Any], episode_done: bool) -> None:
+        self._return += float(reward)
+        if "success" in info:
+            self.has_success = True
+            self._success = self._success or bool(info["success"])
+        if episode_done:
+            self.returns.append(self._return)
+            self.successes.append(self._success)
+            self._return, self._success = 0.0, False
+
+    def record(self, split: str, index: int) -> TrialRecord:
+        return TrialRecord(
+            split, index, tuple(self.returns), tuple(self.successes) if self.has_success else None
+        )
+
+
+class TrialEnv(gym.Env):
+    """Wraps a task family's env so that one episode is one RL² trial.
+
+    Args:
+        config: ``family`` and ``params`` (see :func:`metaray.tasks.load_family`),
+            ``episodes_per_trial``, ``split`` ("train" or "test") sampled during training,
+            ``test_fraction`` and ``split_seed`` defining the split, ``reward_scale``.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: Mapping[str, Any]):
+        self.family: TaskFamily = load_family(config["family"], config.get("params"))
+        self.split = TaskSplit(
+            self.family, config.get("test_fraction", 0.2), config.get("split_seed", 0)
+        )
+        self.sample_split: Split = config.get("split", "train")
+        if self.sample_split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.sample_split!r}")
+        self.episodes_per_trial = int(config.get("episodes_per_trial", 1))
+        self.reward_scale = float(config.get("reward_scale", 1.0))
+        self.inner = self.family.make_env()
+        self.inner_obs_space = self.inner.observation_space
+        self.action_space = self.inner.action_space
+        self._obs_dim = gym.spaces.flatdim(self.inner_obs_space)
+        self._act_dim = gym.spaces.flatdim(self.action_space)
+        size = self._obs_dim + self._act_dim + 2
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
+        self._queue: list[tuple[Split, int]] = []
+        self._cursor = 0
+        self._current: tuple[str, int] = (self.sample_split, -1)
+        self._tally = _EpisodeTally()
+        self._episodes_done = 0
+
+    # Evaluation assigns each env a queue of (split, index) trials; an env that finishes its
+    # queue keeps playing unrecorded padding trials until the evaluator stops sampling.
+    @property
+    def trial_queue(self) -> list[tuple[Split, int]]:
+        return self._queue
+
+    @trial_queue.setter
+    def trial_queue(self, queue: Sequence[tuple[Split, int]]) -> None:
+        self._queue = [(split, int(index)) for split, index in queue]
+        self._cursor = 0
+
+    def _next_trial(self) -> tuple[str, int, Any, int]:
+        if self._cursor < len(self._queue):
+            split, index = self._queue[self._cursor]
+            return split, index, self.split.task_at(split, index), self.split.trial_seed(split, index)
+        if self._queue:  # padding after the queue: never recorded
+            split = self._queue[-1][0]
+            return "padding", -1, self.split.sample(split, self.np_random), int(self.np_random.integers(2**31))
+        task = self.split.sample(self.sample_split, self.np_random)
+        return self.sample_split, -1, task, int(self.np_random.integers(2**31))
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        split, index, task, trial_seed = self._next_trial()
+        self._current = (split, index)
+        self.inner.set_task(task)
+        obs, info = self.inner.reset(seed=trial_seed)
+        self._tally = _EpisodeTally()
+        self._episodes_done = 0
+        return self._trial_obs(obs, None, 0.0, False), {}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.inner.step(action)
+        episode_done = bool(terminated or truncated)
+        self._tally.step(reward, info, episode_done)
+        trial_done = False
+        if episode_done:
+            self._episodes_done += 1
+            trial_done = self._episodes_done >= self.episodes_per_trial
+            if not trial_done:
+                obs, _ = self.inner.reset()
+        step_info: dict[str, Any] = {}
+        if trial_done:
+            split, index = self._current
+            step_info[TRIAL_INFO_KEY] = self._tally.record(split, index)
+            if index >= 0:
+                self._cursor += 1
+        scaled = float(reward) * self.reward_scale
+        # A finished trial has no future reward, so it always terminates (never truncates).
+        return self._trial_obs(obs, action, scaled, episode_done), scaled, trial_done, False, step_info
+
+    def _trial_obs(self, obs, action, reward: float, episode_done: bool) -> np.ndarray:
+        out = np.zeros(self.observation_space.shape, np.float32)
+        out[: self._obs_dim] = gym.spaces.flatten(self.inner_obs_space, obs)
+        if action is not None:
+            out[self._obs_dim : self._obs_dim + self._act_dim] = gym.spaces.flatten(
+                self.action_space, action
+            )
+        out[-2] = reward
+        out[-1] = float(episode_done)
+        return out
+
+    def close(self):
+        self.inner.close()
+
+
+def run_policy_trial(
+    env: Any, policy: TrialPolicy, task: Any, trial_seed: int, episodes: int, split: str, index: int
+) -> TrialRecord:
+    """Play one trial of a baseline policy on the inner env, seeded like :class:`TrialEnv`."""
+    env.set_task(task)
+    obs, _ = env.reset(seed=trial_seed)
+    policy.begin_trial(task, np.random.default_rng(trial_seed))
+    tally = _EpisodeTally()
+    while len(tally.returns) < episodes:
+        action = policy.act(obs)
+        obs, reward, terminated, truncated, info = env.step(action)
+        episode_done = bool(terminated or truncated)
+        policy.observe(action, float(reward), episode_done)
+        tally.step(reward, info, episode_done)
+        if episode_done and len(tally.returns) < episodes:
+            obs, _ = env.reset()
+    return tally.record(split, index)
