@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,21 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``3e-4`` as a string; configs mean a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -241,7 +257,7 @@ def _set_dotted(data: dict, assignment: str) -> None:
     if not sep or not key:
         raise ConfigError(f"--set expects dotted.key=value, got {assignment!r}")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = _parse_yaml(raw) if raw else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc})") from None
     node = data
@@ -261,7 +277,7 @@ def load_config(path: Optional[str | Path], overrides: list[str] = ()) -> Experi
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = _parse_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):

@@ -1,0 +1,92 @@
+"""Config loading and validation: every error names its key and stops before Ray starts."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from metaray.algorithm import check_family
+from metaray.config import ConfigError, ExperimentConfig, describe_options, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    cfg = load_config(path)
+    check_family(cfg)
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["training.lr=0.01", "model.encoder_layers=[32, 32]", "task.params={num_arms: 3}"])
+    assert cfg.training.lr == 0.01
+    assert load_config(None, ["training.lr=3e-4"]).training.lr == 3e-4
+    assert cfg.model.encoder_layers == [32, 32]
+    assert cfg.task.params == {"num_arms": 3}
+    assert load_config(None) == ExperimentConfig()
+
+
+def test_int_is_accepted_for_float():
+    assert load_config(None, ["training.lr=1"]).training.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["training.lrr=0.1"], "unknown config key 'training.lrr'"),
+        (["bogus=1"], "unknown config key 'bogus'"),
+        (["training.lr=fast"], "training.lr must be float"),
+        (["task.episodes_per_trial=0"], "task.episodes_per_trial must be > 0"),
+        (["task.episodes_per_trial=2.5"], "task.episodes_per_trial must be int"),
+        (["evaluation.explore=1"], "evaluation.explore must be true or false"),
+        (["model.arch=mamba"], "model.arch must be one of"),
+        (["task.test_fraction=1.0"], "task.test_fraction must be in (0, 1)"),
+        (["training.minibatch_size=20000"], "training.minibatch_size (20000) must not exceed"),
+        (["model.encoder_layers=7"], "model.encoder_layers must be a list"),
+        (["training"], "--set expects dotted.key=value"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(None, overrides)
+    assert message in str(info.value)
+
+
+def test_family_params_are_checked():
+    with pytest.raises(ConfigError, match="task.params.arms"):
+        check_family(load_config(None, ["task.params={arms: 3}"]))
+    with pytest.raises(ConfigError, match="unknown task family 'nope'"):
+        check_family(load_config(None, ["task.family=nope"]))
+    with pytest.raises(ConfigError, match="unknown baseline 'oracle'"):
+        check_family(load_config(None, ["evaluation.baselines=[random, oracle]"]))
+
+
+def test_malformed_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "task: [unclosed"))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_help_lists_every_key_with_its_doc():
+    lines = "\n".join(describe_options())
+    assert "training.lr (float, default 0.0003): Adam learning rate." in lines
+    assert "task.episodes_per_trial" in lines and "evaluation.final_num_trials" in lines
+
+
+def test_launch_exits_2_before_ray_starts(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / "configs/quickstart.yaml"),
+         "--set", "task.episodes_per_trial=0", "--run-dir", str(run_dir)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "task.episodes_per_trial must be > 0" in proc.stderr
+    assert "ray" not in proc.stderr.lower()  # failed before Ray was started
+    assert not run_dir.exists()  # nothing written
