@@ -113,8 +113,9 @@ def evaluate_baselines(
 
 
 def evaluate_meta_policy(algo, num_trials: int, explore: bool) -> dict[str, dict[str, Any]]:
-    """Evaluate the current weights on ``num_trials`` trials of each split (test and train)."""
+    """Evaluate the learner's current weights on ``num_trials`` trials of each split."""
     eval_group = algo.eval_env_runner_group
+    eval_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
     trials = [t for split in SPLITS[::-1] for t in evaluation_trials(split, num_trials)]
     records = run_trials_on_env_runners(eval_group, trials, explore)
     return {

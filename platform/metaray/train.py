@@ -83,7 +83,6 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> dict[st
             checkpoint_path = _save_checkpoint(algo, run_dir, state)
 
     print(f"final evaluation on {cfg.evaluation.final_num_trials} trials per split ...", flush=True)
-    algo.eval_env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
     report = evaluate_meta_policy(algo, cfg.evaluation.final_num_trials, cfg.evaluation.explore)
     baselines = run_baselines(cfg, cfg.evaluation.final_num_trials)
     logger.evaluation(state["env_steps"], report, baselines)
