@@ -8,6 +8,8 @@ and the paired evaluation function.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Any
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
@@ -22,6 +24,11 @@ from metaray.evaluation import ADAPTATION_KEY, evaluate_meta_policy
 from metaray.models import RecurrentMetaPolicy
 from metaray.tasks import load_family
 from metaray.trial import TRIAL_INFO_KEY, TrialEnv
+
+# RLlib re-registers its env under one id in every EnvRunner and warns about the new API stack
+# on every build; neither says anything to a metaray user.
+warnings.filterwarnings("ignore", message=".*Overriding environment rllib-single-agent-env")
+logging.getLogger("ray.rllib.algorithms.algorithm_config").setLevel(logging.ERROR)
 
 #: Key of the training-trial adaptation curve in the env-runner results.
 TRAIN_RETURN_BY_EPISODE = "trial_return_by_episode"
@@ -93,6 +100,7 @@ def build_algorithm_config(cfg: ExperimentConfig) -> AlgorithmConfig:
         .learners(
             num_learners=cfg.learners.num_learners,
             num_gpus_per_learner=cfg.learners.num_gpus_per_learner,
+            num_cpus_per_learner=cfg.learners.num_cpus_per_learner,
         )
         .rl_module(rl_module_spec=RLModuleSpec(module_class=RecurrentMetaPolicy, model_config=model_config))
         .training(

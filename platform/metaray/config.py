@@ -116,6 +116,11 @@ class EnvRunnersConfig:
 class LearnersConfig:
     num_learners: int = _help("Remote learner actors (DDP); 0 learns in the driver.", default=0)
     num_gpus_per_learner: float = _help("GPUs per learner (0 for CPU).", default=0.0)
+    num_cpus_per_learner: int = _help(
+        "CPUs (torch threads) per learner, the driver's local learner included; more threads "
+        "than free cores make OpenMP spin-wait against the env runners.",
+        default=1,
+    )
 
 
 @dataclass
@@ -167,6 +172,7 @@ def _check_value(cfg: ExperimentConfig) -> None:
         "evaluation.final_num_trials": cfg.evaluation.final_num_trials,
         "evaluation.num_envs_per_env_runner": cfg.evaluation.num_envs_per_env_runner,
         "task.reward_scale": cfg.task.reward_scale,
+        "learners.num_cpus_per_learner": cfg.learners.num_cpus_per_learner,
     }
     for key, value in positive.items():
         if value <= 0:

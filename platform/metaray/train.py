@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from metaray.algorithm import build_algorithm_config
@@ -53,6 +54,7 @@ def run_baselines(cfg: ExperimentConfig, num_trials: int) -> dict[str, dict[str,
 def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train and evaluate; Ray must already be initialised. Returns the summary."""
     save_config(cfg, run_dir)
+    torch.set_num_threads(cfg.learners.num_cpus_per_learner)  # the driver's local learner
     algo = build_algorithm_config(cfg).build_algo()
     state = {"iteration": 0, "env_steps": 0, "wall_s": 0.0}
     if resume and (checkpoint := latest_checkpoint(run_dir)) is not None:
