@@ -70,6 +70,8 @@ def train_seeds(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> d
 
     run_dir = run_dir.resolve()
     save_config(cfg, run_dir)
+    if cfg.task.family.endswith(".py"):  # Tune runs each trial in its own working directory
+        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, family=str(Path(cfg.task.family).resolve())))
 
     def train_one_seed(params: dict[str, Any]) -> None:
         seed_cfg = dataclasses.replace(cfg, seed=params["seed"], seeds=None)
