@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 import launch
+from metaray.evaluation import across_seeds, adaptation_metrics, interquartile_mean, paired_regret
 from metaray.report import ADAPTATION_PNG, META_POLICY, RETURNS_PNG
+from metaray.trial import TrialRecord
 
 TINY = [
     "--config", "configs/quickstart.yaml",
@@ -30,6 +32,47 @@ TINY = [
     "--set", "evaluation.final_num_trials=40",
 ]
 NUMBER = re.compile(r"-?\d+\.\d+")
+
+
+def _records(returns, successes=None):
+    return [TrialRecord("test", i, tuple(r), None if successes is None else tuple(successes[i]))
+            for i, r in enumerate(returns)]
+
+
+def test_metrics_iqm_ci_success_and_determinism():
+    rng = np.random.default_rng(0)
+    returns = rng.random((200, 4))
+    returns[0] = 100.0  # one outlier task moves the mean, hardly the IQM
+    successes = returns > 0.5
+    metrics = adaptation_metrics(_records(returns, successes))
+    trial_returns = returns.sum(axis=1)
+    assert metrics["trial_return_iqm"] == pytest.approx(np.sort(trial_returns)[50:150].mean())
+    assert metrics["trial_return_iqm"] < metrics["trial_return_mean"]
+    for key in ("trial_return_ci95", "trial_return_iqm_ci95", "adaptation_gain_ci95", "success_rate_ci95"):
+        low, high = metrics[key]
+        assert low < high, key
+    assert metrics["success_rate"] == pytest.approx(successes.mean())
+    assert len(metrics["return_by_episode_ci95"]) == 4
+    assert adaptation_metrics(_records(returns, successes)) == metrics
+    assert float(interquartile_mean(np.arange(8.0))) == pytest.approx(3.5)
+
+
+def test_paired_regret_cancels_shared_task_variance():
+    task_difficulty = np.random.default_rng(1).normal(0, 10, size=(100, 1))
+    ours = _records(task_difficulty + np.zeros((100, 3)))
+    better = _records(task_difficulty + np.full((100, 3), 0.5))
+    regret = paired_regret(ours, better)
+    assert regret["mean"] == pytest.approx(1.5) and regret["ci95"] == pytest.approx([1.5, 1.5])
+    with pytest.raises(ValueError, match="same trials"):
+        paired_regret(ours, better[1:])
+
+
+def test_across_seeds_treats_each_seed_as_one_sample():
+    per_seed = [adaptation_metrics(_records(np.full((10, 2), value))) for value in (1.0, 2.0, 3.0)]
+    combined = across_seeds(per_seed)
+    assert combined["num_seeds"] == 3 and combined["trial_return_mean"] == pytest.approx(4.0)
+    assert combined["return_by_episode"] == pytest.approx([2.0, 2.0])
+    assert 2.0 <= combined["trial_return_ci95"][0] < combined["trial_return_ci95"][1] <= 6.0
 
 
 @pytest.fixture(scope="module")
