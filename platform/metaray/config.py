@@ -143,6 +143,11 @@ class EvaluationConfig:
 class ExperimentConfig:
     name: str = _help("Run name; the run folder is runs/<name>-<timestamp> by default.", default="metaray")
     seed: int = _help("Seeds the task split, samplers and network initialisation.", default=0)
+    seeds: Optional[list[int]] = _help(
+        "Train one run per seed (in place of `seed`) as Ray Tune trials and write an aggregate "
+        "report across them; null trains `seed` alone.",
+        default=None,
+    )
     checkpoint_interval: int = _help("Checkpoint every this many iterations (0: only at the end).", default=10)
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -204,6 +209,8 @@ def _check_value(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"training.grad_clip must be > 0 or null, got {cfg.training.grad_clip}")
     if any(w <= 0 for w in cfg.model.encoder_layers + cfg.model.head_layers):
         raise ConfigError("model.encoder_layers and model.head_layers must hold positive widths")
+    if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)):
+        raise ConfigError(f"seeds must be a non-empty list of distinct integers or null, got {cfg.seeds}")
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"name must be a non-empty string without '/', got {cfg.name!r}")
 

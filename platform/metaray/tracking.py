@@ -5,9 +5,13 @@ Tag scheme (x axis: env steps sampled):
     eval_<split>/...               paired evaluation trials of the held-out ("test") or
                                    training ("train") split
     eval_<split>_by_episode/ep_NN  mean return of the NN-th episode of a trial
+    eval_test/regret_vs_best_baseline  best baseline's minus the meta-policy's mean trial
+                                   return on the same held-out trials
     baselines_test/<name>          baseline trial return on the same held-out trials
     perf/...                       throughput and timers
-The adaptation curves are also written as an image under ``adaptation_curve``.
+The adaptation curves are also written as an image under ``adaptation_curve``; the Custom
+Scalars dashboard groups the curves and train vs held-out (:data:`CUSTOM_SCALARS_LAYOUT`),
+and the HParams dashboard lists each run's config with its final metrics.
 """
 
 from __future__ import annotations
@@ -16,19 +20,52 @@ import math
 import time
 from typing import Any, Mapping
 
+from metaray.evaluation import best_baseline
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+from torch.utils.tensorboard.summary import hparams  # noqa: E402
+
+#: Custom Scalars dashboard: {category: {chart: [kind, tag regexes]}}.
+CUSTOM_SCALARS_LAYOUT = {
+    "adaptation curves": {
+        "held-out trials: return of episode NN": ["Multiline", [r"eval_test_by_episode/ep_\d+"]],
+        "training-split trials: return of episode NN": ["Multiline", [r"eval_train_by_episode/ep_\d+"]],
+        "sampled training trials: return of episode NN": ["Multiline", [r"train_by_episode/ep_\d+"]],
+    },
+    "train vs held-out": {
+        "trial return": ["Multiline", [r"eval_(test|train)/trial_return_mean", r"train/trial_return_mean",
+                                       r"baselines_test/.*"]],
+        "held-out trial return, 95% CI": ["Margin", ["eval_test/trial_return_mean", "eval_test/trial_return_ci95_low",
+                                                     "eval_test/trial_return_ci95_high"]],
+        "training-split trial return, 95% CI": ["Margin", ["eval_train/trial_return_mean",
+                                                           "eval_train/trial_return_ci95_low",
+                                                           "eval_train/trial_return_ci95_high"]],
+        "adaptation gain": ["Multiline", [r"eval_(test|train)/adaptation_gain"]],
+        "regret vs best baseline (held-out)": ["Multiline", [r"eval_test/regret_vs_best_baseline"]],
+    },
+}
+
+#: Final metrics shown beside the hyper-parameters in the HParams dashboard.
+HPARAM_METRICS = ("eval_test/trial_return_mean", "eval_train/trial_return_mean", "eval_test/trial_return_iqm",
+                  "eval_test/adaptation_gain", "eval_test/regret_vs_best_baseline")
 
 
-def adaptation_figure(curves: Mapping[str, list[float]], title: str):
-    """A line per curve: mean return of the i-th episode of a trial."""
+def adaptation_figure(curves: Mapping[str, list[float]], title: str,
+                      bands: Mapping[str, list[list[float]]] | None = None):
+    """A line per curve: mean return of the i-th episode of a trial, with an optional
+    shaded 95% confidence band per curve (``bands[label][i] = [low, high]``)."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for label, curve in curves.items():
         style = "-o" if label.startswith("meta-policy") else "--"
-        ax.plot(range(1, len(curve) + 1), curve, style, label=label, markersize=3)
+        episodes = range(1, len(curve) + 1)
+        (line,) = ax.plot(episodes, curve, style, label=label, markersize=3)
+        if bands and label in bands:
+            low, high = zip(*bands[label])
+            ax.fill_between(episodes, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_xlabel("episode of the trial")
     ax.set_ylabel("mean episode return")
     ax.set_title(title)
@@ -43,6 +80,7 @@ class RunLogger:
 
     def __init__(self, log_dir: str, total_env_steps: int, reward_scale: float, purge_step: int | None = None):
         self.writer = SummaryWriter(log_dir, purge_step=purge_step)
+        self.writer.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
         self.total_env_steps = total_env_steps
         self.reward_scale = reward_scale
         self._last_eval: dict[str, Any] = {}
@@ -72,18 +110,34 @@ class RunLogger:
         """``report[split]`` and ``baselines[name]`` (held-out trials) are adaptation-metric dicts."""
         self._last_eval = report
         for split, metrics in report.items():
-            for key in ("trial_return_mean", "adaptation_gain", "success_rate"):
+            for key in ("trial_return_mean", "trial_return_iqm", "adaptation_gain", "success_rate"):
                 if key in metrics:
                     self.writer.add_scalar(f"eval_{split}/{key}", metrics[key], step)
+            low, high = metrics["trial_return_ci95"]
+            self.writer.add_scalar(f"eval_{split}/trial_return_ci95_low", low, step)
+            self.writer.add_scalar(f"eval_{split}/trial_return_ci95_high", high, step)
             for i, value in enumerate(metrics["return_by_episode"]):
                 self.writer.add_scalar(f"eval_{split}_by_episode/ep_{i:02d}", value, step)
         curves = {f"meta-policy ({split})": m["return_by_episode"] for split, m in report.items()}
+        bands = {f"meta-policy ({split})": m["return_by_episode_ci95"] for split, m in report.items()}
         for name, metrics in baselines.items():
             self.writer.add_scalar(f"baselines_test/{name}", metrics["trial_return_mean"], step)
             curves[name] = metrics["return_by_episode"]
-        fig = adaptation_figure(curves, f"adaptation after {step:,} env steps")
+        if baselines and "test" in report:
+            best = baselines[best_baseline(baselines)]["trial_return_mean"]
+            self.writer.add_scalar("eval_test/regret_vs_best_baseline", best - report["test"]["trial_return_mean"], step)
+        fig = adaptation_figure(curves, f"adaptation after {step:,} env steps", bands)
         self.writer.add_figure("adaptation_curve", fig, step)
         plt.close(fig)
+        self.writer.flush()
+
+    def hyperparameters(self, config: Mapping[str, Any]) -> None:
+        """Record the run's config in the HParams plugin; its metrics are the last logged
+        values of :data:`HPARAM_METRICS`, so call this after the final evaluation."""
+        flat = {key: value if isinstance(value, (bool, int, float, str)) else str(value)
+                for key, value in _flatten(config).items()}
+        for summary in hparams(flat, {tag: 0.0 for tag in HPARAM_METRICS}):
+            self.writer.file_writer.add_summary(summary)
         self.writer.flush()
 
     def progress(self, iteration: int, step: int, wall_s: float, steps_per_s: float, train_return: float) -> str:
@@ -100,6 +154,16 @@ class RunLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _duration(seconds: float) -> str:

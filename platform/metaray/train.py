@@ -88,6 +88,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> dict[st
     report = evaluate_meta_policy(algo, cfg.evaluation.final_num_trials, cfg.evaluation.explore)
     baselines = run_baselines(cfg, cfg.evaluation.final_num_trials)
     logger.evaluation(state["env_steps"], report, baselines)
+    logger.hyperparameters(cfg.to_dict())
     logger.close()
     state["wall_s"] = time.perf_counter() - start
     if checkpoint_path is None or not checkpoint_path.name.endswith(f"{state['iteration']:06d}"):
