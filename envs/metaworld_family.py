@@ -111,7 +111,7 @@ class MetaWorld(TaskFamily):
 
     def __init__(self, benchmark: str = "ML1", env_name: str = "reach-v3", benchmark_seed: int = 0,
                  horizon: int = MAX_PATH_LENGTH):
-        require_extra("metaworld", "metaworld")
+        require_extra("metaworld")
         if benchmark not in BENCHMARKS:
             raise ValueError(f"benchmark must be one of {BENCHMARKS}, got {benchmark!r}")
         if not 1 <= horizon <= MAX_PATH_LENGTH:

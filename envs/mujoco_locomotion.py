@@ -104,7 +104,7 @@ class MujocoLocomotion(TaskFamily):
 
     def __init__(self, task: str = "cheetah_vel", horizon: int = 200, max_velocity: float = 3.0,
                  ant_directions: str = "forward_backward"):
-        require_extra("mujoco", "mujoco")
+        require_extra("mujoco")
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if ant_directions not in ANT_DIRECTIONS:

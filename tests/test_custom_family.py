@@ -3,51 +3,25 @@
 from __future__ import annotations
 
 import json
-import textwrap
+import re
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 import launch
 from conftest import ROOT
+from metaray.tasks import load_family
+from test_families import checked
 
-# The guide's example family (docs/adding_a_task_family.md), written out as a user would.
-COIN_FAMILY = '''
-"""Biased coins: guess the side that comes up more often (made-up example family)."""
-
-import gymnasium as gym
-import numpy as np
-
-from metaray.tasks import TaskFamily
+GUIDE = ROOT / "docs" / "adding_a_task_family.md"
 
 
-class CoinEnv(gym.Env):
-    def __init__(self):
-        self.observation_space = gym.spaces.Discrete(1)
-        self.action_space = gym.spaces.Discrete(2)
-        self.heads_probability = 0.5
-
-    def set_task(self, task):
-        self.heads_probability = float(task)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return 0, {}
-
-    def step(self, action):
-        heads = self.np_random.random() < self.heads_probability
-        return 0, float(int(action) == int(heads)), True, False, {}
-
-
-class BiasedCoin(TaskFamily):
-    source = "made-up example"
-
-    def sample_task(self, rng):
-        return rng.uniform(0.0, 1.0)
-
-    def make_env(self):
-        return CoinEnv()
-'''
+def guide_family_source() -> str:
+    """The first Python block of the guide: the example family file, as a user would copy it."""
+    match = re.search(r"```python\n(.*?)```", GUIDE.read_text(), re.DOTALL)
+    assert match, f"no python block in {GUIDE}"
+    return match.group(1)
 
 
 def tiny_run_config(family: str, params: dict, episodes_per_trial: int, max_seq_len: int) -> dict:
@@ -77,8 +51,12 @@ def launch_tiny_run(tmp_path: Path, config: dict) -> dict:
 
 def test_family_from_a_file_outside_the_repo_trains_through_launch(tmp_path, ray_session):
     family_file = tmp_path / "coin_family.py"
-    family_file.write_text(textwrap.dedent(COIN_FAMILY))
+    family_file.write_text(guide_family_source())
     assert ROOT not in family_file.resolve().parents
+    family = load_family(str(family_file))
+    env = family.make_env()
+    env.set_task(family.sample_task(np.random.default_rng(0)))
+    checked(env)
     config = tiny_run_config(str(family_file), {}, episodes_per_trial=5, max_seq_len=5)
     summary = launch_tiny_run(tmp_path, config)
     assert summary["family"] == str(family_file)

@@ -6,11 +6,10 @@ tests skip and say which extra is missing. CI installs both.
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
+from envs import missing_extra
 from metaray.tasks import TaskSplit, load_family
 from metaray.trial import TrialEnv
 from test_custom_family import launch_tiny_run, tiny_run_config
@@ -19,10 +18,10 @@ from test_families import assert_split_disjoint_and_deterministic, checked, play
 pytestmark = pytest.mark.heavy_env
 
 needs_mujoco = pytest.mark.skipif(
-    importlib.util.find_spec("mujoco") is None, reason="needs the mujoco extra: pip install 'metaray[mujoco]'"
+    missing_extra("mujoco_locomotion") is not None, reason="needs the mujoco extra: pip install 'metaray[mujoco]'"
 )
 needs_metaworld = pytest.mark.skipif(
-    importlib.util.find_spec("metaworld") is None, reason="needs the metaworld extra: pip install 'metaray[metaworld]'"
+    missing_extra("metaworld_family") is not None, reason="needs the metaworld extra: pip install 'metaray[metaworld]'"
 )
 
 LOCOMOTION = [
