@@ -5,7 +5,7 @@ transition row ``P(. | s, a)`` is drawn from a flat Dirichlet(1, ..., 1), every 
 ``mu(s, a)`` from N(1, 1), and the observed reward of a step is ``mu(s, a) + N(0, 1)`` noise.
 Each episode starts in state 0 and lasts ``horizon`` = 10 steps; a trial is
 ``task.episodes_per_trial = n`` episodes of one MDP. The paper's Table 2 reports, for n=10:
-random 100.1, epsilon-greedy 132.8, greedy 134.8, PSRL 138.1, RL² 156.2.
+random 100.1, greedy 134.8, PSRL 138.1, RL² 156.2.
 
 Baselines (all replan with finite-horizon value iteration at the start of every episode;
 they see the state, never the task): random; greedy, optimal in the empirical MDP
