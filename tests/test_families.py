@@ -14,7 +14,7 @@ from metaray.algorithm import trial_env_config
 from metaray.config import TaskConfig, load_config
 from metaray.evaluation import adaptation_metrics, evaluate_baselines, evaluation_trials
 from metaray.tasks import TaskSplit, load_family
-from metaray.trial import TRIAL_INFO_KEY, TrialEnv
+from metaray.trial import TRIAL_INFO_KEY, TrialEnv, TrialRecord
 
 # (family, params, episodes per trial) of the families that need no optional dependency.
 CORE_FAMILIES = [
@@ -40,7 +40,7 @@ def trial_config(name: str, params: dict, episodes: int, split: str = "train") -
     return {"family": name, "params": params, "episodes_per_trial": episodes, "split": split}
 
 
-def play_trial(env: TrialEnv, seed: int) -> tuple[list[np.ndarray], object]:
+def play_trial(env: TrialEnv, seed: int) -> tuple[list[np.ndarray], TrialRecord]:
     """One trial with actions drawn from a seeded action space; returns observations and record."""
     env.action_space.seed(seed)
     obs, _ = env.reset(seed=seed)
