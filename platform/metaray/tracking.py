@@ -142,7 +142,8 @@ class RunLogger:
 
     def progress(self, iteration: int, step: int, wall_s: float, steps_per_s: float, train_return: float) -> str:
         done = min(step / self.total_env_steps, 1.0)
-        eta = (self.total_env_steps - step) * wall_s / step if step > 0 else math.inf  # run-average speed
+        remaining = max(self.total_env_steps - step, 0)
+        eta = remaining * wall_s / step if step > 0 else math.inf  # run-average speed
         line = (
             f"iter {iteration:4d} | {step:>11,} / {self.total_env_steps:,} env steps ({done:4.0%}) "
             f"| {steps_per_s:7,.0f} steps/s | train return {train_return / self.reward_scale:7.3f}"
