@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Train and evaluate a meta-policy: ``python launch.py --config configs/bandit.yaml``.
 
-Starts an embedded local Ray unless ``--address`` names a cluster (``auto`` from a cluster
-node or inside ``ray job submit``). Config errors exit with code 2 before Ray starts.
+Starts an embedded local Ray unless ``--address`` (or ``$RAY_ADDRESS``, which Ray sets inside
+``ray job submit``) names a cluster; ``auto`` joins the cluster of the node it runs on.
+Exit codes: 0 done, 2 bad input (config, paths, address; reported before Ray starts and
+before any run folder is touched), 3 a nan/inf return or loss stopped training.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ for path in (ROOT / "platform", ROOT):
         sys.path.insert(0, str(path))
 
 from metaray.config import ConfigError, describe_options, load_config  # noqa: E402
+from metaray.storage import RunMirror, check_storage, download_run, is_uri, latest_checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,44 +34,82 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML experiment config (e.g. configs/bandit.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set training.lr=1e-3 (repeatable)")
-    parser.add_argument("--run-dir", type=Path, help="run folder (default runs/<name>-<timestamp>)")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+    parser.add_argument("--storage", default=str(ROOT / "runs"), metavar="PATH_OR_URI",
+                        help="parent of run folders: a path all nodes reach, or a URI (s3://, gs://, "
+                             "file://...) the run folder is mirrored to (default: runs/ beside launch.py)")
+    parser.add_argument("--run-dir", type=Path, help="local run folder (default <storage>/<name>-<timestamp>)")
+    parser.add_argument("--resume", metavar="RUN_DIR_OR_URI",
                         help="continue a run from its latest checkpoint, with its saved config")
-    parser.add_argument("--address", help="Ray cluster to join ('auto' on a cluster node); default: local Ray")
+    parser.add_argument("--address", help="Ray cluster to join ('auto' on a cluster node); default: "
+                                          "$RAY_ADDRESS (set inside `ray job submit`), else a local Ray")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     return parser.parse_args(argv)
+
+
+def resume_target(location: str) -> tuple[Path, RunMirror | None]:
+    """The local run folder to continue (a URI is copied back first) and its mirror."""
+    if is_uri(location):
+        run_dir = ROOT / "runs" / location.rstrip("/").rsplit("/", 1)[-1]
+        download_run(location, run_dir)
+        mirror = RunMirror(run_dir, location)
+    else:
+        run_dir, mirror = Path(location), None
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {location}: no such run folder")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {location}: no config.yaml there, not a run folder")
+    if latest_checkpoint(run_dir) is None:
+        raise ConfigError(f"--resume {location}: no complete checkpoint under {run_dir / 'checkpoints'}; "
+                          "start the run again without --resume")
+    return run_dir, mirror
+
+
+def new_run_target(name: str, storage: str, run_dir: Path | None) -> tuple[Path, RunMirror | None]:
+    """A fresh local run folder for ``name`` and, for URI storage, its mirror."""
+    check_storage(storage)
+    folder = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if is_uri(storage):
+        run_dir = run_dir or ROOT / "runs" / folder
+        mirror = RunMirror(run_dir, f"{storage.rstrip('/')}/{run_dir.name}")
+    else:
+        run_dir, mirror = run_dir or Path(storage) / folder, None
+    if (run_dir / "config.yaml").exists():
+        raise ConfigError(f"--run-dir {run_dir} already holds a run; continue it with --resume {run_dir} "
+                          "or pick another folder")
+    return run_dir, mirror
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.resume is not None:
-            if not (args.resume / "config.yaml").is_file():
-                raise ConfigError(f"--resume {args.resume}: no config.yaml there, not a run folder")
-            cfg = load_config(args.resume / "config.yaml", args.overrides)
-            run_dir = args.resume
+            run_dir, mirror = resume_target(args.resume)
+            cfg = load_config(run_dir / "config.yaml", args.overrides)
         else:
             if args.config is None:
                 raise ConfigError("--config is required (or --resume RUN_DIR)")
             cfg = load_config(args.config, args.overrides)
-            run_dir = args.run_dir or ROOT / "runs" / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            if (run_dir / "summary.json").exists():
-                raise ConfigError(f"--run-dir {run_dir} holds a finished run; pick another folder")
+            run_dir, mirror = new_run_target(cfg.name, args.storage, args.run_dir)
+        # RLlib imports take seconds: only after the config itself is known to be valid.
         from metaray.algorithm import check_family
-        from metaray.cluster import check_address
+        from metaray.cluster import resolve_address
 
         check_family(cfg)
-        check_address(args.address)
+        address = resolve_address(args.address, args.num_cpus)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
 
     from metaray.cluster import init_ray
-    from metaray.train import train
+    from metaray.train import NonFiniteError, train
 
-    print(f"run folder: {run_dir}", flush=True)
-    init_ray(cfg.task.family, args.address, args.num_cpus)
-    summary = train(cfg, run_dir, resume=args.resume is not None)
+    print(f"run folder: {run_dir}" + (f" (mirrored to {mirror.uri})" if mirror else ""), flush=True)
+    init_ray(cfg.task.family, address, args.num_cpus)
+    try:
+        summary = train(cfg, run_dir, resume=args.resume is not None, mirror=mirror)
+    except NonFiniteError as exc:
+        print(f"training error: {exc}", file=sys.stderr)
+        return 3
     test = summary["eval"]["test"]
     print(json.dumps({
         "held_out_trial_return_mean": round(test["trial_return_mean"], 4),
@@ -76,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_split_trial_return_mean": round(summary["eval"]["train"]["trial_return_mean"], 4),
         "baselines": {k: round(v["trial_return_mean"], 4) for k, v in summary["baselines"].items()},
         "env_steps": summary["env_steps"],
+        "env_runner_restarts": summary["env_runner_restarts"],
         "wall_s": summary["wall_s"],
     }, indent=2))
     print(f"summary: {run_dir / 'summary.json'}  |  tensorboard --logdir {run_dir.parent}")

@@ -110,6 +110,21 @@ class EnvRunnersConfig:
     )
     num_envs_per_env_runner: int = _help("Vectorised trial envs per runner.", default=64)
     num_cpus_per_env_runner: float = _help("CPUs Ray reserves per env runner.", default=1.0)
+    custom_resources: dict = _help(
+        "Custom Ray resources each env runner requires, e.g. {spot_cpu: 1} to place runners "
+        "on the nodes that advertise them.",
+        default_factory=dict,
+    )
+    restart_failed: bool = _help(
+        "Restart an env runner whose actor died or whose env raised, and keep training "
+        "(restarts are logged as fault/env_runner_restarts).",
+        default=True,
+    )
+    max_restarts: int = _help("Env runner restarts allowed over the whole run.", default=100)
+    restart_delay_s: float = _help(
+        "Seconds a failed env runner waits before it exits to be restarted (lets its logs drain).",
+        default=1.0,
+    )
 
 
 @dataclass
@@ -179,6 +194,9 @@ def _check_value(cfg: ExperimentConfig) -> None:
         "checkpoint_interval": cfg.checkpoint_interval,
         "training.entropy_coeff": cfg.training.entropy_coeff,
         "training.vf_loss_coeff": cfg.training.vf_loss_coeff,
+        "env_runners.num_cpus_per_env_runner": cfg.env_runners.num_cpus_per_env_runner,
+        "env_runners.max_restarts": cfg.env_runners.max_restarts,
+        "env_runners.restart_delay_s": cfg.env_runners.restart_delay_s,
     }
     for key, value in non_negative.items():
         if value < 0:
@@ -198,6 +216,9 @@ def _check_value(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"training.grad_clip must be > 0 or null, got {cfg.training.grad_clip}")
     if any(w <= 0 for w in cfg.model.encoder_layers + cfg.model.head_layers):
         raise ConfigError("model.encoder_layers and model.head_layers must hold positive widths")
+    for resource, amount in cfg.env_runners.custom_resources.items():
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
+            raise ConfigError(f"env_runners.custom_resources.{resource} must be a number > 0, got {amount!r}")
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"name must be a non-empty string without '/', got {cfg.name!r}")
 

@@ -7,6 +7,7 @@ Tag scheme (x axis: env steps sampled):
     eval_<split>_by_episode/ep_NN  mean return of the NN-th episode of a trial
     baselines_test/<name>          baseline trial return on the same held-out trials
     perf/...                       throughput and timers
+    fault/...                      env runner restarts (cumulative) and healthy runners
 The adaptation curves are also written as an image under ``adaptation_curve``.
 """
 
@@ -68,6 +69,11 @@ class RunLogger:
         for key in sorted(by_episode):
             self.writer.add_scalar(f"train_by_episode/ep_{int(key):02d}", by_episode[key] / self.reward_scale, step)
 
+    def faults(self, step: int, env_runner_restarts: int, healthy_env_runners: int | None) -> None:
+        self.writer.add_scalar("fault/env_runner_restarts", env_runner_restarts, step)
+        if healthy_env_runners is not None:
+            self.writer.add_scalar("fault/healthy_env_runners", healthy_env_runners, step)
+
     def evaluation(self, step: int, report: Mapping[str, Mapping[str, Any]], baselines: Mapping[str, Mapping[str, Any]]) -> None:
         """``report[split]`` and ``baselines[name]`` (held-out trials) are adaptation-metric dicts."""
         self._last_eval = report
@@ -88,7 +94,7 @@ class RunLogger:
 
     def progress(self, iteration: int, step: int, wall_s: float, steps_per_s: float, train_return: float) -> str:
         done = min(step / self.total_env_steps, 1.0)
-        eta = (self.total_env_steps - step) / steps_per_s if steps_per_s > 0 else math.inf
+        eta = max(self.total_env_steps - step, 0) / steps_per_s if steps_per_s > 0 else math.inf
         line = (
             f"iter {iteration:4d} | {step:>11,} / {self.total_env_steps:,} env steps ({done:4.0%}) "
             f"| {steps_per_s:7,.0f} steps/s | train return {train_return / self.reward_scale:7.3f}"
@@ -97,6 +103,9 @@ class RunLogger:
             line += f" | held-out {self._last_eval['test']['trial_return_mean']:7.3f}"
         line += f" | elapsed {_duration(wall_s)} | ETA {_duration(eta)}"
         return line
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
