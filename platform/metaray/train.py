@@ -39,11 +39,19 @@ class NonFiniteError(RuntimeError):
     """A training iteration produced a nan/inf return or loss; the run stops on it."""
 
 
+def sampled_env_steps(result: dict[str, Any]) -> int:
+    """Env steps sampled in a training iteration (0, not nan, when every env runner died in it)."""
+    steps = result.get("env_runners", {}).get("num_env_steps_sampled", 0)
+    return int(steps) if math.isfinite(steps) else 0
+
+
 def check_finite(result: dict[str, Any], iteration: int) -> None:
     """Raise :class:`NonFiniteError` naming every nan/inf trial return or loss of ``result``."""
+    if sampled_env_steps(result) == 0:
+        return  # nothing sampled, nothing learned: RLlib reports the missing losses as nan
     problems = []
     bad_trials = result.get("env_runners", {}).get(NON_FINITE_TRIALS, 0)
-    if bad_trials:
+    if bad_trials > 0:  # nan when no trial ended this iteration (e.g. its env runner died)
         problems.append(f"{int(bad_trials)} training trial(s) returned nan/inf (the task family's rewards)")
     learner = result.get("learners", {}).get("default_policy", {})
     problems += [f"{key} is {float(learner[key])}" for key in _CHECKED_LOSSES
@@ -123,9 +131,9 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, mirror: Ru
             reseed_task_samplers(algo.env_runner_group, cfg.seed, state["iteration"])
             result = algo.train()
             check_finite(result, state["iteration"] + 1)
-            steps = result["env_runners"]["num_env_steps_sampled"]
+            steps = sampled_env_steps(result)
             state["iteration"] += 1
-            state["env_steps"] += int(steps)
+            state["env_steps"] += steps
             state["wall_s"] = time.perf_counter() - start
             faults = result.get(FAULT_TOLERANCE_STATS, {})
             state["env_runner_restarts"] = restarts_before + faults.get("num_remote_worker_restarts", 0)
