@@ -90,12 +90,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--config is required (or --resume RUN_DIR)")
             cfg = load_config(args.config, args.overrides)
             run_dir, mirror = new_run_target(cfg.name, args.storage, args.run_dir)
-        # RLlib imports take seconds: only after the config itself is known to be valid.
-        from metaray.algorithm import check_family
         from metaray.cluster import resolve_address
 
-        check_family(cfg)
         address = resolve_address(args.address, args.num_cpus)
+        # Importing RLlib takes seconds: only once everything cheaper to check is known good.
+        from metaray.algorithm import check_family
+
+        check_family(cfg)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -38,6 +38,13 @@ def _parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: where the YAML broke and why (PyYAML's own message spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + (getattr(exc, "problem", None) or str(exc).splitlines()[0])
+
+
 class ConfigError(ValueError):
     """A configuration problem, with the offending dotted key in the message."""
 
@@ -280,7 +287,7 @@ def _set_dotted(data: dict, assignment: str) -> None:
     try:
         value = _parse_yaml(raw) if raw else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc})") from None
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({_yaml_problem(exc)})") from None
     node = data
     *parents, leaf = key.split(".")
     for part in parents:
@@ -300,7 +307,7 @@ def load_config(path: Optional[str | Path], overrides: list[str] = ()) -> Experi
         try:
             data = _parse_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"{path} is not valid YAML ({_yaml_problem(exc)})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping at the top level")
     for assignment in overrides:
