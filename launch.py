@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--storage", default=str(ROOT / "runs"), metavar="PATH_OR_URI",
                         help="parent of run folders: a path all nodes reach, or a URI (s3://, gs://, "
                              "file://...) the run folder is mirrored to (default: runs/ beside launch.py)")
-    parser.add_argument("--run-dir", type=Path, help="local run folder (default <storage>/<name>-<timestamp>)")
+    parser.add_argument("--run-dir", type=Path, help="local run folder (default <storage>/<name>-<timestamp>; "
+                                                     "with a URI storage or --resume URI, runs/<name>)")
     parser.add_argument("--resume", metavar="RUN_DIR_OR_URI",
                         help="continue a run from its latest checkpoint, with its saved config")
     parser.add_argument("--address", help="Ray cluster to join ('auto' on a cluster node); default: "
@@ -46,10 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resume_target(location: str) -> tuple[Path, RunMirror | None]:
-    """The local run folder to continue (a URI is copied back first) and its mirror."""
+def resume_target(location: str, run_dir: Path | None) -> tuple[Path, RunMirror | None]:
+    """The local run folder to continue (a URI is first copied to ``run_dir``) and its mirror."""
     if is_uri(location):
-        run_dir = ROOT / "runs" / location.rstrip("/").rsplit("/", 1)[-1]
+        run_dir = run_dir or ROOT / "runs" / location.rstrip("/").rsplit("/", 1)[-1]
         download_run(location, run_dir)
         mirror = RunMirror(run_dir, location)
     else:
@@ -82,17 +83,17 @@ def new_run_target(name: str, storage: str, run_dir: Path | None) -> tuple[Path,
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        from metaray.cluster import resolve_address
+
+        address = resolve_address(args.address, args.num_cpus)
         if args.resume is not None:
-            run_dir, mirror = resume_target(args.resume)
+            run_dir, mirror = resume_target(args.resume, args.run_dir)
             cfg = load_config(run_dir / "config.yaml", args.overrides)
         else:
             if args.config is None:
                 raise ConfigError("--config is required (or --resume RUN_DIR)")
             cfg = load_config(args.config, args.overrides)
             run_dir, mirror = new_run_target(cfg.name, args.storage, args.run_dir)
-        from metaray.cluster import resolve_address
-
-        address = resolve_address(args.address, args.num_cpus)
         # Importing RLlib takes seconds: only once everything cheaper to check is known good.
         from metaray.algorithm import check_family
 

@@ -163,26 +163,31 @@ def test_training_loop_reseeds_every_env_from_seed_and_iteration(ray_session):
 
 
 @pytest.mark.cluster
-def test_killed_driver_resumes_its_counters(tmp_path):
-    run_dir = tmp_path / "run"
+def test_killed_driver_resumes_its_counters_from_uri_storage(tmp_path):
+    """The driver writes to a local folder mirrored to a storage URI and is SIGKILLed after
+    its second checkpoint reached the URI; a driver on a "new node" (an empty local folder)
+    resumes from the URI alone."""
+    storage = f"file://{tmp_path}/storage"
     overrides = [*TINY, "training.total_env_steps=1600", "checkpoint_interval=1"]
-    command = launch_command("--config", ROOT / "configs/quickstart.yaml", "--run-dir", run_dir, "--num-cpus", 1,
+    command = launch_command("--config", ROOT / "configs/quickstart.yaml", "--storage", storage,
+                             "--run-dir", tmp_path / "node_a" / "run", "--num-cpus", 1,
                              *(arg for o in overrides for arg in ("--set", o)))
     # Its own process group: SIGKILL takes the driver and the Ray it embedded down at once.
     driver = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    second = run_dir / "checkpoints" / "iter_000002" / "metaray_state.json"
+    mirrored = tmp_path / "storage" / "run" / "checkpoints" / "iter_000002" / "metaray_state.json"
     try:
         deadline = time.monotonic() + 240
-        while not second.exists() and driver.poll() is None and time.monotonic() < deadline:
+        while not mirrored.exists() and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert second.exists(), "no second checkpoint before the deadline"
+        assert mirrored.exists(), "no second checkpoint in the storage before the deadline"
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
         stop_process_group(driver.pid)
-    assert not (run_dir / "summary.json").exists()
+    assert not (tmp_path / "storage" / "run" / "summary.json").exists()
 
-    resumed = subprocess.run(launch_command("--resume", run_dir, "--num-cpus", 1),
+    run_dir = tmp_path / "node_b" / "run"
+    resumed = subprocess.run(launch_command("--resume", f"{storage}/run", "--run-dir", run_dir, "--num-cpus", 1),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     match = re.search(r"resumed from \S+ at iteration (\d+), ([\d,]+) env steps", resumed.stdout)
@@ -191,7 +196,8 @@ def test_killed_driver_resumes_its_counters(tmp_path):
     assert iteration >= 2
     first = re.search(r"^iter +(\d+) \| +([\d,]+) /", resumed.stdout, re.MULTILINE)
     assert int(first[1]) == iteration + 1 and int(first[2].replace(",", "")) > env_steps
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((tmp_path / "storage" / "run" / "summary.json").read_text())  # mirrored back
     final = json.loads(sorted((run_dir / "checkpoints").glob("iter_*"))[-1].joinpath("metaray_state.json").read_text())
     assert summary["env_steps"] == final["env_steps"] >= 1600
     assert summary["iterations"] == final["iteration"] > iteration
+    assert summary["storage"] == f"{storage}/run"

@@ -77,9 +77,10 @@ class RunMirror:
 
     def upload(self, *relative: str | Path) -> None:
         for rel in relative:
+            source = (self.run_dir / rel).resolve()
             target = f"{self.path}/{Path(rel).as_posix()}"
-            self.filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
-            pyarrow.fs.copy_files(str((self.run_dir / rel).resolve()), target, destination_filesystem=self.filesystem)
+            self.filesystem.create_dir(target if source.is_dir() else target.rsplit("/", 1)[0], recursive=True)
+            pyarrow.fs.copy_files(str(source), target, destination_filesystem=self.filesystem)
 
     def upload_logs(self) -> None:
         """config.yaml, summary.json (once written) and the TensorBoard event files."""

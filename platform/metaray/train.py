@@ -88,11 +88,14 @@ def _save_checkpoint(algo, run_dir: Path, state: dict[str, Any], logger: RunLogg
                      mirror: RunMirror | None) -> Path:
     path = run_dir / "checkpoints" / f"iter_{state['iteration']:06d}"
     algo.save_to_path(str(path.resolve()))
-    # Written last: a checkpoint without it (driver killed mid-save) is ignored on resume.
+    if mirror:
+        mirror.upload(path.relative_to(run_dir))
+    # Written last, here and in the mirror: a checkpoint without it (driver killed mid-save)
+    # is ignored on resume.
     (path / STATE_FILE).write_text(json.dumps(state))
     if mirror:
         logger.flush()
-        mirror.upload(path.relative_to(run_dir))
+        mirror.upload(path.relative_to(run_dir) / STATE_FILE)
         mirror.upload_logs()
     return path
 
