@@ -37,6 +37,7 @@ SMALL_RUN = [
 USER_FAMILY = '''
 """A user's own family, unknown to the repository: guess the side of a biased coin."""
 import gymnasium as gym
+from coin_rules import payout
 
 from metaray.tasks import TaskFamily
 
@@ -56,7 +57,7 @@ class CoinEnv(gym.Env):
 
     def step(self, action):
         heads = self.np_random.random() < self.bias
-        return 0, float(int(action) == int(heads)), True, False, {}
+        return 0, payout(action, heads), True, False, {}
 
 
 class Coin(TaskFamily):
@@ -144,8 +145,15 @@ def test_job_submission_ships_a_user_family(ray_head, tmp_path):
     entrypoint = " ".join(launch_command(*SMALL_RUN, "--set", "task.family=my_tasks.coin",
                                          "--set", "task.params={}", "--set", "name=coin",
                                          "--storage", storage))
+    # A library of the user's that the family imports, shipped by the job's own py_modules,
+    # and an env var that metaray sets too: both must survive metaray's runtime_env.
+    (tmp_path / "lib" / "coin_rules").mkdir(parents=True)
+    (tmp_path / "lib" / "coin_rules" / "__init__.py").write_text(
+        "def payout(action, heads):\n    return float(int(action) == int(heads))\n")
+    runtime_env = {"working_dir": str(project), "py_modules": [str(tmp_path / "lib" / "coin_rules")],
+                   "env_vars": {"RAY_DEDUP_LOGS": "0"}}
     client = JobSubmissionClient(ray_head["dashboard"])
-    status, logs = submit_until_done(client, entrypoint=entrypoint, runtime_env={"working_dir": str(project)})
+    status, logs = submit_until_done(client, entrypoint=entrypoint, runtime_env=runtime_env)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     summary = only_summary(storage)
     assert summary["family"] == "my_tasks.coin"

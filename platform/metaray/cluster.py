@@ -50,8 +50,8 @@ def runtime_env(family: str) -> dict:
     """py_modules and env vars every worker needs, merged into the job's own runtime_env.
 
     Inside ``ray job submit`` Ray merges this with the job's runtime_env (its working_dir,
-    say) and refuses keys that both set; so the job's py_modules are kept and extended, and
-    env vars the job sets win over ours.
+    say) and refuses keys that both set; so the job's py_modules are kept and extended (and
+    :func:`init_ray` lets this list replace the job's), and env vars the job sets win over ours.
     """
     import envs
 
@@ -96,6 +96,9 @@ def init_ray(family: str, address: str | None = None, num_cpus: int | None = Non
     """Start an embedded local Ray (``address=None``) or join the cluster at ``address``."""
     os.environ.update(_QUIET_ENV)
     logging.getLogger("ray").setLevel(logging.ERROR)
+    if job_runtime_env().get("py_modules"):
+        # Ours lists the job's py_modules too; let it replace the job's list instead of clashing.
+        os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
     ray.init(
         address=address,
         num_cpus=num_cpus if address is None else None,
