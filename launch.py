@@ -4,7 +4,8 @@
 Starts an embedded local Ray unless ``--address`` (or ``$RAY_ADDRESS``, which Ray sets inside
 ``ray job submit``) names a cluster; ``auto`` joins the cluster of the node it runs on.
 Exit codes: 0 done, 2 bad input (config, paths, address; reported before Ray starts and
-before any run folder is touched), 3 a nan/inf return or loss stopped training.
+before any run folder is touched), 3 training stopped (a nan/inf return or loss, or every
+env runner dead with no restart left).
 """
 
 from __future__ import annotations
@@ -103,13 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from metaray.cluster import init_ray
-    from metaray.train import NonFiniteError, train
+    from metaray.train import TrainingError, train
 
     print(f"run folder: {run_dir}" + (f" (mirrored to {mirror.uri})" if mirror else ""), flush=True)
     init_ray(cfg.task.family, address, args.num_cpus)
     try:
         summary = train(cfg, run_dir, resume=args.resume is not None, mirror=mirror)
-    except NonFiniteError as exc:
+    except TrainingError as exc:
         print(f"training error: {exc}", file=sys.stderr)
         return 3
     test = summary["eval"]["test"]

@@ -55,6 +55,8 @@ class FaultyEnv(BernoulliBanditEnv):
                     os.kill(os.getpid(), signal.SIGKILL)
                 if fault["kind"] == "raise":
                     raise RuntimeError("injected env failure")
+            if fault["kind"] == "kill_always" and self.steps >= fault["at_step"]:
+                os.kill(os.getpid(), signal.SIGKILL)
             if fault["kind"] == "nan" and self.steps >= fault["at_step"]:
                 reward = float("nan")
         return obs, reward, terminated, truncated, info
@@ -104,23 +106,34 @@ def test_dead_env_runners_are_restarted_and_counted(ray_session, tmp_path):
     assert summary["eval"]["test"]["num_trials"] == 8
 
 
+@pytest.mark.cluster
+def test_losing_every_env_runner_for_good_stops_training(ray_session, tmp_path):
+    from metaray.train import TrainingError, train
+
+    cfg = faulty_config(tmp_path, [{"kind": "kill_always", "at_step": 1, "marker": str(tmp_path / "unused")}],
+                        "env_runners.num_env_runners=1", "env_runners.num_cpus_per_env_runner=0.5",
+                        "env_runners.restart_delay_s=0", "env_runners.max_restarts=1")
+    with pytest.raises(TrainingError, match=r"every env runner is dead and none is restarted \(1 restarts used"):
+        train(cfg, tmp_path / "run")
+
+
 def test_nan_rewards_stop_training_with_a_clear_error(ray_session, tmp_path):
-    from metaray.train import NonFiniteError, train
+    from metaray.train import TrainingError, train
 
     cfg = faulty_config(tmp_path, [{"kind": "nan", "at_step": 50, "marker": str(tmp_path / "unused")}],
                         "env_runners.num_env_runners=1", "env_runners.num_cpus_per_env_runner=0.5")
-    with pytest.raises(NonFiniteError, match=r"iteration 1: \d+ training trial\(s\) returned nan/inf"):
+    with pytest.raises(TrainingError, match=r"iteration 1: \d+ training trial\(s\) returned nan/inf"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "summary.json").exists()
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_non_finite_losses_are_named():
-    from metaray.train import NonFiniteError, check_finite
+    from metaray.train import TrainingError, check_finite
 
     sampled = {"num_env_steps_sampled": 400, "non_finite_trials": 0}
     result = {"env_runners": sampled, "learners": {"default_policy": {"policy_loss": 0.1, "vf_loss": float("inf")}}}
-    with pytest.raises(NonFiniteError, match="iteration 7: vf_loss is inf"):
+    with pytest.raises(TrainingError, match="iteration 7: vf_loss is inf"):
         check_finite(result, 7)
     check_finite({"env_runners": sampled, "learners": {"default_policy": {"vf_loss": 1.0}}}, 1)
     # An iteration whose env runners all died sampled nothing and learned nothing: not an error.

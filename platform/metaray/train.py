@@ -11,7 +11,8 @@ Reliability: a dead env runner is restarted by RLlib (``env_runners.restart_fail
 counted (``fault/env_runner_restarts``); the training tasks are drawn from RNGs reseeded from
 (seed, iteration, runner, env) at every iteration, so ``--resume`` after a killed driver
 continues the iteration and env-step counters and the task sequence; a nan/inf training
-return or loss stops the run with :class:`NonFiniteError` before anything is checkpointed.
+return or loss, or losing every env runner for good, stops the run with
+:class:`TrainingError` before anything more is checkpointed.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from metaray.tracking import RunLogger
 _CHECKED_LOSSES = ("total_loss", "policy_loss", "vf_loss", "entropy", "mean_kl_loss")
 
 
-class NonFiniteError(RuntimeError):
-    """A training iteration produced a nan/inf return or loss; the run stops on it."""
+class TrainingError(RuntimeError):
+    """Training cannot go on: nan/inf returns or losses, or no env runner left to sample."""
 
 
 def sampled_env_steps(result: dict[str, Any]) -> int:
@@ -46,7 +47,7 @@ def sampled_env_steps(result: dict[str, Any]) -> int:
 
 
 def check_finite(result: dict[str, Any], iteration: int) -> None:
-    """Raise :class:`NonFiniteError` naming every nan/inf trial return or loss of ``result``."""
+    """Raise :class:`TrainingError` naming every nan/inf trial return or loss of ``result``."""
     if sampled_env_steps(result) == 0:
         return  # nothing sampled, nothing learned: RLlib reports the missing losses as nan
     problems = []
@@ -57,7 +58,20 @@ def check_finite(result: dict[str, Any], iteration: int) -> None:
     problems += [f"{key} is {float(learner[key])}" for key in _CHECKED_LOSSES
                  if key in learner and not math.isfinite(float(learner[key]))]
     if problems:
-        raise NonFiniteError(f"iteration {iteration}: " + "; ".join(problems))
+        raise TrainingError(f"iteration {iteration}: " + "; ".join(problems))
+
+
+def check_env_runners_alive(result: dict[str, Any], cfg: ExperimentConfig, iteration: int) -> None:
+    """Raise :class:`TrainingError` when every env runner is dead and none will be restarted
+    (RLlib would otherwise return empty iterations forever)."""
+    faults = result.get(FAULT_TOLERANCE_STATS, {})
+    runners = cfg.env_runners
+    restarts = faults.get("num_remote_worker_restarts", 0)
+    if (runners.num_env_runners and sampled_env_steps(result) == 0 and faults.get("num_healthy_workers") == 0
+            and (not runners.restart_failed or restarts >= runners.max_restarts)):
+        raise TrainingError(f"iteration {iteration}: every env runner is dead and none is restarted "
+                            f"({restarts} restarts used, env_runners.max_restarts={runners.max_restarts}, "
+                            f"env_runners.restart_failed={runners.restart_failed})")
 
 
 def reseed_task_samplers(env_runner_group, seed: int, iteration: int) -> None:
@@ -110,7 +124,8 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, mirror: Ru
     """Train and evaluate; Ray must already be initialised. Returns the summary.
 
     ``mirror`` (see :mod:`metaray.storage`) receives the run folder's files as they are written.
-    Raises :class:`NonFiniteError` (after stopping the algorithm) on a nan/inf return or loss.
+    Raises :class:`TrainingError` (after stopping the algorithm) on a nan/inf return or loss,
+    or when no env runner is left.
     """
     save_config(cfg, run_dir)
     algo = build_algorithm_config(cfg).build_algo()
@@ -134,6 +149,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, mirror: Ru
             reseed_task_samplers(algo.env_runner_group, cfg.seed, state["iteration"])
             result = algo.train()
             check_finite(result, state["iteration"] + 1)
+            check_env_runners_alive(result, cfg, state["iteration"] + 1)
             steps = sampled_env_steps(result)
             state["iteration"] += 1
             state["env_steps"] += steps
@@ -147,14 +163,14 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, mirror: Ru
             if report:
                 logger.evaluation(state["env_steps"], report, periodic_baselines)
             print(logger.progress(state["iteration"], state["env_steps"], state["wall_s"], steps_per_s,
-                                  result["env_runners"].get("episode_return_mean", float("nan"))), flush=True)
+                                  result.get("env_runners", {}).get("episode_return_mean", float("nan"))), flush=True)
             if cfg.checkpoint_interval and state["iteration"] % cfg.checkpoint_interval == 0:
                 checkpoint_path = _save_checkpoint(algo, run_dir, state, logger, mirror)
-    except NonFiniteError as exc:
+    except TrainingError as exc:
         logger.close()
         algo.stop()
         last = latest_checkpoint(run_dir)
-        raise NonFiniteError(f"{exc}. Stopped without checkpointing this iteration; "
+        raise TrainingError(f"{exc}. Stopped without checkpointing this iteration; "
                              f"last good checkpoint: {last or 'none'}") from None
 
     print(f"final evaluation on {cfg.evaluation.final_num_trials} trials per split ...", flush=True)
