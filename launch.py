@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Train and evaluate a meta-policy: ``python launch.py --config configs/bandit.yaml``.
 
-Starts an embedded local Ray unless ``--address`` names a cluster (``auto`` from a cluster
-node or inside ``ray job submit``). Config errors exit with code 2 before Ray starts.
+Starts an embedded local Ray unless ``--address`` (or ``$RAY_ADDRESS``, which Ray sets inside
+``ray job submit``) names a cluster; ``auto`` joins the cluster of the node it runs on.
+Exit codes: 0 done, 2 bad input (config, paths, address; reported before Ray starts and
+before any run folder is touched), 3 training stopped (a nan/inf return or loss, or every
+env runner dead with no restart left).
 A config with ``seeds: [0, 1, 2]`` trains one run per seed (Ray Tune) plus an aggregate report.
 
 Evaluate a trained checkpoint (or a run folder's latest) against the family's baselines and
@@ -27,6 +30,7 @@ for path in (ROOT / "platform", ROOT):
         sys.path.insert(0, str(path))
 
 from metaray.config import ConfigError, describe_options, load_config  # noqa: E402
+from metaray.storage import RunMirror, check_storage, download_run, is_uri, latest_checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,10 +42,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML experiment config (e.g. configs/bandit.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set training.lr=1e-3 (repeatable)")
-    parser.add_argument("--run-dir", type=Path, help="run folder (default runs/<name>-<timestamp>)")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+    parser.add_argument("--storage", default=str(ROOT / "runs"), metavar="PATH_OR_URI",
+                        help="parent of run folders: a path all nodes reach, or a URI (s3://, gs://, "
+                             "file://...) the run folder is mirrored to (default: runs/ beside launch.py)")
+    parser.add_argument("--run-dir", type=Path, help="local run folder (default <storage>/<name>-<timestamp>; "
+                                                     "with a URI storage or --resume URI, runs/<name>)")
+    parser.add_argument("--resume", metavar="RUN_DIR_OR_URI",
                         help="continue a run from its latest checkpoint, with its saved config")
-    parser.add_argument("--address", help="Ray cluster to join ('auto' on a cluster node); default: local Ray")
+    parser.add_argument("--address", help="Ray cluster to join ('auto' on a cluster node); default: "
+                                          "$RAY_ADDRESS (set inside `ray job submit`), else a local Ray")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     evaluation = parser.add_argument_group("evaluate a checkpoint")
     evaluation.add_argument("--eval-only", action="store_true",
@@ -54,71 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def evaluate_only(args: argparse.Namespace) -> int:
-    """``--eval-only``: a report folder for one checkpoint, meta-policy and baselines side by side."""
-    try:
-        if args.checkpoint is None or not args.checkpoint.exists():
-            raise ConfigError(f"--checkpoint {args.checkpoint}: no such checkpoint")
-        from metaray.studies import resolve_checkpoint
-
-        checkpoint = resolve_checkpoint(args.checkpoint)
-        config = args.config or checkpoint.parent.parent / "config.yaml"
-        cfg = load_config(config, args.overrides)
-        num_trials = args.trials or cfg.evaluation.final_num_trials
-        if num_trials <= 0:
-            raise ConfigError(f"--trials must be > 0, got {num_trials}")
-        out_dir = args.run_dir or ROOT / "runs" / f"{cfg.name}-eval-{args.split}-{time.strftime('%Y%m%d-%H%M%S')}"
-        from metaray.algorithm import check_family
-        from metaray.cluster import check_address
-
-        check_family(cfg)
-        check_address(args.address)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-
-    from metaray.cluster import init_ray
-    from metaray.report import headline
-    from metaray.studies import evaluate_checkpoint
-
-    init_ray(cfg.task.family, args.address, args.num_cpus)
-    summary = evaluate_checkpoint(cfg, checkpoint, args.split, num_trials, out_dir)
-    print(json.dumps(headline(summary), indent=2))
-    print(f"report: {out_dir / 'report.md'}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.eval_only:
-        return evaluate_only(args)
-    try:
-        if args.resume is not None:
-            if not (args.resume / "config.yaml").is_file():
-                raise ConfigError(f"--resume {args.resume}: no config.yaml there, not a run folder")
-            cfg = load_config(args.resume / "config.yaml", args.overrides)
-            run_dir = args.resume
-        else:
-            if args.config is None:
-                raise ConfigError("--config is required (or --resume RUN_DIR)")
-            cfg = load_config(args.config, args.overrides)
-            run_dir = args.run_dir or ROOT / "runs" / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            if (run_dir / "summary.json").exists():
-                raise ConfigError(f"--run-dir {run_dir} holds a finished run; pick another folder")
-        from metaray.algorithm import check_family
-        from metaray.cluster import check_address
-
-        check_family(cfg)
-        check_address(args.address)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-
-    from metaray.cluster import init_ray
-    from metaray.train import train
-
-    print(f"run folder: {run_dir}", flush=True)
-    init_ray(cfg.task.family, args.address, args.num_cpus)
+    print(f"run folder: {run_dir}" + (f" (mirrored to {mirror.uri})" if mirror else ""), flush=True)
+    init_ray(cfg.task.family, address, args.num_cpus)
     if cfg.seeds:
         from metaray.report import headline
         from metaray.studies import train_seeds
@@ -127,7 +73,55 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(headline(aggregate), indent=2))
         print(f"report: {run_dir / 'report' / 'report.md'}  |  tensorboard --logdir {run_dir}")
         return 0
-    summary = train(cfg, run_dir, resume=args.resume is not None)
+    try:
+        summary = train(cfg, run_dir, resume=args.resume is not None, mirror=mirror)
+    except TrainingError as exc:
+        print(f"training error: {exc}", file=sys.stderr)
+        return 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.eval_only:
+        return evaluate_only(args)
+    try:
+        from metaray.cluster import resolve_address
+
+        address = resolve_address(args.address, args.num_cpus)
+        if args.resume is not None:
+            run_dir, mirror = resume_target(args.resume, args.run_dir)
+            cfg = load_config(run_dir / "config.yaml", args.overrides)
+        else:
+            if args.config is None:
+                raise ConfigError("--config is required (or --resume RUN_DIR)")
+            cfg = load_config(args.config, args.overrides)
+            run_dir, mirror = new_run_target(cfg.name, args.storage, args.run_dir)
+        # Importing RLlib takes seconds: only once everything cheaper to check is known good.
+        from metaray.algorithm import check_family
+
+        check_family(cfg)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+    from metaray.cluster import init_ray
+    from metaray.train import TrainingError, train
+
+    print(f"run folder: {run_dir}" + (f" (mirrored to {mirror.uri})" if mirror else ""), flush=True)
+    init_ray(cfg.task.family, address, args.num_cpus)
+    if cfg.seeds:
+        from metaray.report import headline
+        from metaray.studies import train_seeds
+
+        aggregate = train_seeds(cfg, run_dir, resume=args.resume is not None)
+        print(json.dumps(headline(aggregate), indent=2))
+        print(f"report: {run_dir / 'report' / 'report.md'}  |  tensorboard --logdir {run_dir}")
+        return 0
+    try:
+        summary = train(cfg, run_dir, resume=args.resume is not None, mirror=mirror)
+    except TrainingError as exc:
+        print(f"training error: {exc}", file=sys.stderr)
+        return 3
     test = summary["eval"]["test"]
     print(json.dumps({
         "held_out_trial_return_mean": round(test["trial_return_mean"], 4),
@@ -135,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_split_trial_return_mean": round(summary["eval"]["train"]["trial_return_mean"], 4),
         "baselines": {k: round(v["trial_return_mean"], 4) for k, v in summary["baselines"].items()},
         "env_steps": summary["env_steps"],
+        "env_runner_restarts": summary["env_runner_restarts"],
         "wall_s": summary["wall_s"],
     }, indent=2))
     print(f"summary: {run_dir / 'summary.json'}  |  tensorboard --logdir {run_dir.parent}")

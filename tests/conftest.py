@@ -1,4 +1,5 @@
-"""Shared fixtures: the repository on sys.path and one Ray instance per test session."""
+"""Shared fixtures and helpers: the repository on sys.path, one Ray instance per test session,
+free ports and process-group cleanup for tests that start Ray clusters of their own."""
 
 from __future__ import annotations
 
@@ -23,3 +24,36 @@ def ray_session():
     init_ray("bandit", num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process_group(pgid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL, every process of a group this test session started."""
+    import os
+    import signal
+    import time
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+
+
+def launch_command(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "launch.py"), *map(str, args)]

@@ -9,6 +9,7 @@ and the paired evaluation function.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Any
 
@@ -32,6 +33,8 @@ logging.getLogger("ray.rllib.algorithms.algorithm_config").setLevel(logging.ERRO
 
 #: Key of the training-trial adaptation curve in the env-runner results.
 TRAIN_RETURN_BY_EPISODE = "trial_return_by_episode"
+#: Key of the count of training trials whose return was nan or inf, in the env-runner results.
+NON_FINITE_TRIALS = "non_finite_trials"
 
 
 def trial_env_config(cfg: ExperimentConfig, split: str = "train") -> dict[str, Any]:
@@ -59,13 +62,16 @@ def check_family(cfg: ExperimentConfig) -> None:
 
 
 class TrialMetricsCallback(RLlibCallback):
-    """Logs the training trials' mean return per inner-episode index (the adaptation curve)."""
+    """Logs the training trials' mean return per inner-episode index (the adaptation curve)
+    and counts trials with a non-finite return, which the training loop refuses to learn on."""
 
     @override(RLlibCallback)
     def on_episode_end(self, *, episode, metrics_logger, **kwargs) -> None:
         record = episode.get_infos(-1).get(TRIAL_INFO_KEY)
         if record is None:
             return
+        non_finite = not math.isfinite(sum(record.episode_returns))
+        metrics_logger.log_value(NON_FINITE_TRIALS, int(non_finite), reduce="sum")
         for i, ret in enumerate(record.episode_returns):
             metrics_logger.log_value((TRAIN_RETURN_BY_EPISODE, f"{i:03d}"), ret, window=1000)
 
@@ -96,6 +102,12 @@ def build_algorithm_config(cfg: ExperimentConfig) -> AlgorithmConfig:
             num_env_runners=runners.num_env_runners,
             num_envs_per_env_runner=runners.num_envs_per_env_runner,
             num_cpus_per_env_runner=runners.num_cpus_per_env_runner,
+            custom_resources_per_env_runner=dict(runners.custom_resources),
+        )
+        .fault_tolerance(
+            restart_failed_env_runners=runners.restart_failed,
+            max_num_env_runner_restarts=runners.max_restarts,
+            delay_between_env_runner_restarts_s=runners.restart_delay_s,
         )
         .learners(
             num_learners=cfg.learners.num_learners,

@@ -9,6 +9,7 @@ requirements.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import socket
@@ -16,6 +17,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import ray
+from ray._private import services  # resolves "auto" exactly as ray.init does
+from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
 
 import metaray
 from metaray.config import ConfigError
@@ -37,33 +40,65 @@ def family_source(family: str) -> Path | None:
     return origin.parent if origin.name == "__init__.py" else origin
 
 
+def job_runtime_env() -> dict:
+    """The runtime_env of the Ray job this driver runs in (``ray job submit``), else {}."""
+    job_config = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)
+    return (json.loads(job_config).get("runtime_env") or {}) if job_config else {}
+
+
 def runtime_env(family: str) -> dict:
+    """py_modules and env vars every worker needs, merged into the job's own runtime_env.
+
+    Inside ``ray job submit`` Ray merges this with the job's runtime_env (its working_dir,
+    say) and refuses keys that both set; so the job's py_modules are kept and extended (and
+    :func:`init_ray` lets this list replace the job's), and env vars the job sets win over ours.
+    """
     import envs
 
-    modules = [str(Path(metaray.__file__).parent), str(Path(envs.__file__).parent)]
+    job = job_runtime_env()
+    modules = list(job.get("py_modules") or [])
+    modules += [str(Path(metaray.__file__).parent), str(Path(envs.__file__).parent)]
     source = family_source(family)
     if source is not None:
         modules.append(str(source))
-    return {"py_modules": modules, "env_vars": dict(_QUIET_ENV)}
+    job_vars = job.get("env_vars") or {}
+    return {"py_modules": modules, "env_vars": {k: v for k, v in _QUIET_ENV.items() if k not in job_vars}}
 
 
-def check_address(address: str | None) -> None:
-    """Fail fast (ConfigError) when ``--address`` points at nothing that listens."""
-    if address in (None, "auto", "local"):
-        return
-    parsed = urlparse(address if "://" in address else f"ray://{address}")
+def resolve_address(address: str | None, num_cpus: int | None) -> str | None:
+    """The Ray cluster to join (None: start a local Ray); ConfigError if nothing listens there.
+
+    ``RAY_ADDRESS`` (set by Ray inside ``ray job submit`` drivers) counts as ``--address``.
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address in (None, "local"):
+        return None
+    if num_cpus is not None:
+        raise ConfigError(f"--num-cpus sizes the embedded local Ray; the cluster at {address} has its own CPUs")
+    if address == "auto":
+        try:
+            target = services.canonicalize_bootstrap_address_or_die("auto")
+        except ConnectionError as exc:
+            raise ConfigError(f"--address auto: {exc}".splitlines()[0]) from None
+    else:
+        target = address
+    parsed = urlparse(target if "://" in target else f"ray://{target}")
     host, port = parsed.hostname, parsed.port or 6379
     try:
         with socket.create_connection((host, port), timeout=3):
             pass
     except OSError as exc:
         raise ConfigError(f"--address {address}: nothing listens at {host}:{port} ({exc.strerror or exc})") from None
+    return address
 
 
 def init_ray(family: str, address: str | None = None, num_cpus: int | None = None) -> None:
-    """Start an embedded local Ray (``address=None``) or join a cluster."""
+    """Start an embedded local Ray (``address=None``) or join the cluster at ``address``."""
     os.environ.update(_QUIET_ENV)
     logging.getLogger("ray").setLevel(logging.ERROR)
+    if job_runtime_env().get("py_modules"):
+        # Ours lists the job's py_modules too; let it replace the job's list instead of clashing.
+        os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
     ray.init(
         address=address,
         num_cpus=num_cpus if address is None else None,

@@ -38,6 +38,13 @@ def _parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: where the YAML broke and why (PyYAML's own message spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + (getattr(exc, "problem", None) or str(exc).splitlines()[0])
+
+
 class ConfigError(ValueError):
     """A configuration problem, with the offending dotted key in the message."""
 
@@ -110,6 +117,21 @@ class EnvRunnersConfig:
     )
     num_envs_per_env_runner: int = _help("Vectorised trial envs per runner.", default=64)
     num_cpus_per_env_runner: float = _help("CPUs Ray reserves per env runner.", default=1.0)
+    custom_resources: dict = _help(
+        "Custom Ray resources each env runner requires, e.g. {spot_cpu: 1} to place runners "
+        "on the nodes that advertise them.",
+        default_factory=dict,
+    )
+    restart_failed: bool = _help(
+        "Restart an env runner whose actor died or whose env raised, and keep training "
+        "(restarts are logged as fault/env_runner_restarts).",
+        default=True,
+    )
+    max_restarts: int = _help("Env runner restarts allowed over the whole run.", default=100)
+    restart_delay_s: float = _help(
+        "Seconds a failed env runner waits before it exits to be restarted (lets its logs drain).",
+        default=1.0,
+    )
 
 
 @dataclass
@@ -190,6 +212,9 @@ def _check_value(cfg: ExperimentConfig) -> None:
         "checkpoint_interval": cfg.checkpoint_interval,
         "training.entropy_coeff": cfg.training.entropy_coeff,
         "training.vf_loss_coeff": cfg.training.vf_loss_coeff,
+        "env_runners.num_cpus_per_env_runner": cfg.env_runners.num_cpus_per_env_runner,
+        "env_runners.max_restarts": cfg.env_runners.max_restarts,
+        "env_runners.restart_delay_s": cfg.env_runners.restart_delay_s,
     }
     for key, value in non_negative.items():
         if value < 0:
@@ -211,6 +236,9 @@ def _check_value(cfg: ExperimentConfig) -> None:
         raise ConfigError("model.encoder_layers and model.head_layers must hold positive widths")
     if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)):
         raise ConfigError(f"seeds must be a non-empty list of distinct integers or null, got {cfg.seeds}")
+    for resource, amount in cfg.env_runners.custom_resources.items():
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
+            raise ConfigError(f"env_runners.custom_resources.{resource} must be a number > 0, got {amount!r}")
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"name must be a non-empty string without '/', got {cfg.name!r}")
 
@@ -272,7 +300,7 @@ def _set_dotted(data: dict, assignment: str) -> None:
     try:
         value = _parse_yaml(raw) if raw else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc})") from None
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({_yaml_problem(exc)})") from None
     node = data
     *parents, leaf = key.split(".")
     for part in parents:
@@ -292,7 +320,7 @@ def load_config(path: Optional[str | Path], overrides: list[str] = ()) -> Experi
         try:
             data = _parse_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"{path} is not valid YAML ({_yaml_problem(exc)})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping at the top level")
     for assignment in overrides:

@@ -12,6 +12,7 @@ Tag scheme (x axis: env steps sampled):
 The adaptation curves are also written as an image under ``adaptation_curve``; the Custom
 Scalars dashboard groups the curves and train vs held-out (:data:`CUSTOM_SCALARS_LAYOUT`),
 and the HParams dashboard lists each run's config with its final metrics.
+Fault tolerance: ``fault/...`` holds env runner restarts (cumulative) and healthy runners.
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ class RunLogger:
         for key in sorted(by_episode):
             self.writer.add_scalar(f"train_by_episode/ep_{int(key):02d}", by_episode[key] / self.reward_scale, step)
 
+    def faults(self, step: int, env_runner_restarts: int, healthy_env_runners: int | None) -> None:
+        self.writer.add_scalar("fault/env_runner_restarts", env_runner_restarts, step)
+        if healthy_env_runners is not None:
+            self.writer.add_scalar("fault/healthy_env_runners", healthy_env_runners, step)
+
     def evaluation(self, step: int, report: Mapping[str, Mapping[str, Any]], baselines: Mapping[str, Mapping[str, Any]]) -> None:
         """``report[split]`` and ``baselines[name]`` (held-out trials) are adaptation-metric dicts."""
         self._last_eval = report
@@ -152,6 +158,9 @@ class RunLogger:
             line += f" | held-out {self._last_eval['test']['trial_return_mean']:7.3f}"
         line += f" | elapsed {_duration(wall_s)} | ETA {_duration(eta)}"
         return line
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()

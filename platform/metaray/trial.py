@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -100,6 +101,25 @@ class TrialEnv(gym.Env):
         self._current: tuple[str, int] = (self.sample_split, -1)
         self._tally = _EpisodeTally()
         self._episodes_done = 0
+        self._task_seed: list[int] | None = None
+        self._task_rng: np.random.Generator | None = None
+
+    # The training loop reseeds the task sampler of every env at every iteration from
+    # (seed, iteration, runner, env), so the tasks a run trains on do not depend on when its
+    # driver was restarted (``--resume``) or which env runner actors were replaced.
+    @property
+    def task_seed(self) -> list[int] | None:
+        return self._task_seed
+
+    @task_seed.setter
+    def task_seed(self, seed: Sequence[int]) -> None:
+        self._task_seed = [int(s) for s in seed]
+        self._task_rng = np.random.default_rng(self._task_seed)
+
+    @property
+    def task_rng(self) -> np.random.Generator:
+        """Draws training tasks and their inner-env seeds (the env's own RNG until reseeded)."""
+        return self._task_rng if self._task_rng is not None else self.np_random
 
     # Evaluation assigns each env a queue of (split, index) trials; an env that finishes its
     # queue keeps playing unrecorded padding trials until the evaluator stops sampling.
@@ -119,8 +139,8 @@ class TrialEnv(gym.Env):
         if self._queue:  # padding after the queue: never recorded
             split = self._queue[-1][0]
             return "padding", -1, self.split.sample(split, self.np_random), int(self.np_random.integers(2**31))
-        task = self.split.sample(self.sample_split, self.np_random)
-        return self.sample_split, -1, task, int(self.np_random.integers(2**31))
+        task = self.split.sample(self.sample_split, self.task_rng)
+        return self.sample_split, -1, task, int(self.task_rng.integers(2**31))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -148,7 +168,9 @@ class TrialEnv(gym.Env):
             step_info[TRIAL_INFO_KEY] = self._tally.record(split, index)
             if index >= 0:
                 self._cursor += 1
-        scaled = float(reward) * self.reward_scale
+        # A nan/inf reward never reaches the policy or the learner: the trial's record keeps it,
+        # and the training loop stops with an error at the end of the iteration.
+        scaled = float(reward) * self.reward_scale if math.isfinite(reward) else 0.0
         # A finished trial has no future reward, so it always terminates (never truncates).
         return self._trial_obs(obs, action, scaled, episode_done), scaled, trial_done, False, step_info
 
