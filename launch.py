@@ -63,21 +63,71 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-    print(f"run folder: {run_dir}" + (f" (mirrored to {mirror.uri})" if mirror else ""), flush=True)
-    init_ray(cfg.task.family, address, args.num_cpus)
-    if cfg.seeds:
-        from metaray.report import headline
-        from metaray.studies import train_seeds
+def resume_target(location: str, run_dir: Path | None) -> tuple[Path, RunMirror | None]:
+    """The local run folder to continue (a URI is first copied to ``run_dir``) and its mirror."""
+    if is_uri(location):
+        run_dir = run_dir or ROOT / "runs" / location.rstrip("/").rsplit("/", 1)[-1]
+        download_run(location, run_dir)
+        mirror = RunMirror(run_dir, location)
+    else:
+        run_dir, mirror = Path(location), None
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {location}: no such run folder")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {location}: no config.yaml there, not a run folder")
+    if latest_checkpoint(run_dir) is None:
+        raise ConfigError(f"--resume {location}: no complete checkpoint under {run_dir / 'checkpoints'}; "
+                          "start the run again without --resume")
+    return run_dir, mirror
 
-        aggregate = train_seeds(cfg, run_dir, resume=args.resume is not None)
-        print(json.dumps(headline(aggregate), indent=2))
-        print(f"report: {run_dir / 'report' / 'report.md'}  |  tensorboard --logdir {run_dir}")
-        return 0
+
+def new_run_target(name: str, storage: str, run_dir: Path | None) -> tuple[Path, RunMirror | None]:
+    """A fresh local run folder for ``name`` and, for URI storage, its mirror."""
+    check_storage(storage)
+    folder = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if is_uri(storage):
+        run_dir = run_dir or ROOT / "runs" / folder
+        mirror = RunMirror(run_dir, f"{storage.rstrip('/')}/{run_dir.name}")
+    else:
+        run_dir, mirror = run_dir or Path(storage) / folder, None
+    if (run_dir / "config.yaml").exists():
+        raise ConfigError(f"--run-dir {run_dir} already holds a run; continue it with --resume {run_dir} "
+                          "or pick another folder")
+    return run_dir, mirror
+
+
+def evaluate_only(args: argparse.Namespace) -> int:
+    """``--eval-only``: a report folder for one checkpoint, meta-policy and baselines side by side."""
     try:
-        summary = train(cfg, run_dir, resume=args.resume is not None, mirror=mirror)
-    except TrainingError as exc:
-        print(f"training error: {exc}", file=sys.stderr)
-        return 3
+        if args.checkpoint is None or not args.checkpoint.exists():
+            raise ConfigError(f"--checkpoint {args.checkpoint}: no such checkpoint")
+        from metaray.studies import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(args.checkpoint)
+        config = args.config or checkpoint.parent.parent / "config.yaml"
+        cfg = load_config(config, args.overrides)
+        num_trials = args.trials or cfg.evaluation.final_num_trials
+        if num_trials <= 0:
+            raise ConfigError(f"--trials must be > 0, got {num_trials}")
+        out_dir = args.run_dir or ROOT / "runs" / f"{cfg.name}-eval-{args.split}-{time.strftime('%Y%m%d-%H%M%S')}"
+        from metaray.algorithm import check_family
+        from metaray.cluster import resolve_address
+
+        address = resolve_address(args.address, args.num_cpus)
+        check_family(cfg)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+    from metaray.cluster import init_ray
+    from metaray.report import headline
+    from metaray.studies import evaluate_checkpoint
+
+    init_ray(cfg.task.family, address, args.num_cpus)
+    summary = evaluate_checkpoint(cfg, checkpoint, args.split, num_trials, out_dir)
+    print(json.dumps(headline(summary), indent=2))
+    print(f"report: {out_dir / 'report.md'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

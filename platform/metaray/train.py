@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import ray
+import torch
 import yaml
 from ray.rllib.utils.metrics import FAULT_TOLERANCE_STATS
 
