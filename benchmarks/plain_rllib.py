@@ -2,11 +2,11 @@
 
 A gymnasium env whose episode is one trial (``pulls`` pulls of a k-armed Bernoulli bandit,
 arm probabilities ~ U[0, 1]^k, fresh each episode) and RLlib's stock PPO module with its
-built-in LSTM. The previous action and reward come from RLlib's ``PrevActionsPrevRewards``
+built-in LSTM (one MLP layer before it, as wide as the LSTM). The previous action and reward come from RLlib's ``PrevActionsPrevRewards``
 env-to-module connector (on the new API stack this connector is how the old
 ``lstm_use_prev_action/reward`` model flags are realised; the flags themselves are no longer
-read). The benchmarks use the same train batch, minibatch, epochs, learning rate and network
-width for this baseline and for metaray.
+read). The baseline copies every PPO setting, the env-runner and learner layout and the seed
+from the metaray config it is compared with (:data:`SHARED_SETTINGS`).
 
 For held-out evaluation the env can replay given trials (arm probabilities and seed, set
 through ``trial_queue``) so that both systems are scored on exactly the same trials.
@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import gymnasium as gym
 import numpy as np
 
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.connectors.env_to_module import FlattenObservations, PrevActionsPrevRewards
 from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
@@ -68,29 +69,30 @@ def _prev_action_and_reward(env, spaces, device):
     return [PrevActionsPrevRewards(), FlattenObservations()]
 
 
-def plain_ppo_config(
-    *, num_arms: int, pulls: int, hidden_size: int, train_batch_size: int, minibatch_size: int,
-    num_epochs: int, lr: float, gamma: float, lambda_: float, entropy_coeff: float, seed: int,
-    num_env_runners: int, num_envs_per_env_runner: int, num_learners: int = 0,
-) -> PPOConfig:
-    """RLlib PPO with the stock LSTM module on :class:`PlainBanditEnv` (new API stack)."""
+#: PPO settings the baseline copies from the metaray run it is compared with.
+SHARED_SETTINGS = (
+    "lr", "gamma", "lambda_", "clip_param", "vf_clip_param", "vf_loss_coeff", "entropy_coeff",
+    "grad_clip", "grad_clip_by", "train_batch_size_per_learner", "minibatch_size", "num_epochs",
+)
+
+
+def plain_ppo_config(reference: AlgorithmConfig, *, num_arms: int, pulls: int, hidden_size: int) -> PPOConfig:
+    """RLlib PPO with the stock LSTM on :class:`PlainBanditEnv`, with ``reference``'s PPO
+    settings, env runners, learners and seed (new API stack)."""
     return (
         PPOConfig()
         .environment(PlainBanditEnv, env_config={"num_arms": num_arms, "pulls": pulls})
         .env_runners(
-            num_env_runners=num_env_runners,
-            num_envs_per_env_runner=num_envs_per_env_runner,
+            num_env_runners=reference.num_env_runners,
+            num_envs_per_env_runner=reference.num_envs_per_env_runner,
+            num_cpus_per_env_runner=reference.num_cpus_per_env_runner,
             env_to_module_connector=_prev_action_and_reward,
         )
-        .learners(num_learners=num_learners)
+        .learners(num_learners=reference.num_learners, num_gpus_per_learner=reference.num_gpus_per_learner)
         .rl_module(model_config=DefaultModelConfig(
             use_lstm=True, lstm_cell_size=hidden_size, fcnet_hiddens=[hidden_size],
             max_seq_len=pulls, vf_share_layers=True,
         ))
-        .training(
-            lr=lr, gamma=gamma, lambda_=lambda_, entropy_coeff=entropy_coeff,
-            train_batch_size_per_learner=train_batch_size, minibatch_size=minibatch_size,
-            num_epochs=num_epochs,
-        )
-        .debugging(seed=seed, log_level="ERROR")
+        .training(**{name: getattr(reference, name) for name in SHARED_SETTINGS})
+        .debugging(seed=reference.seed, log_level="ERROR")
     )

@@ -100,17 +100,6 @@ def metaray_config(family: str, args, runners: int, envs: int):
     return build_algorithm_config(load_config(ROOT / "configs" / "quickstart.yaml", overrides))
 
 
-def plain_config(args, runners: int, envs: int):
-    cfg = load_config(ROOT / "configs" / "quickstart.yaml")
-    return plain_ppo_config(
-        num_arms=FAMILIES["bandit"]["num_arms"], pulls=PULLS, hidden_size=args.hidden,
-        train_batch_size=args.train_batch, minibatch_size=args.minibatch, num_epochs=args.epochs,
-        lr=cfg.training.lr, gamma=cfg.training.gamma, lambda_=cfg.training.lambda_,
-        entropy_coeff=cfg.training.entropy_coeff, seed=cfg.seed,
-        num_env_runners=runners, num_envs_per_env_runner=envs,
-    )
-
-
 def sample_steps(env_runner, num_timesteps: int) -> int:
     return sum(len(episode) for episode in env_runner.sample(num_timesteps=num_timesteps))
 
@@ -203,8 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         for runners in args.runners:
             for envs in args.envs:
                 row = {"family": family, "runners": runners, "envs": envs}
-                row["metaray"] = measure(metaray_config(family, args, runners, envs), args)
-                row["plain"] = measure(plain_config(args, runners, envs), args) if family == "bandit" else None
+                metaray = metaray_config(family, args, runners, envs)
+                row["metaray"] = measure(metaray, args)
+                row["plain"] = None
+                if family == "bandit":
+                    plain = plain_ppo_config(metaray, num_arms=FAMILIES["bandit"]["num_arms"], pulls=PULLS,
+                                             hidden_size=args.hidden)
+                    row["plain"] = measure(plain, args)
                 rows.append(row)
                 print(format_table([row]).splitlines()[-1], flush=True)
     ray.shutdown()
