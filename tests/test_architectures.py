@@ -25,7 +25,8 @@ def build(arch: str, algorithm: str, *overrides: str):
 
 
 def learner_weights(algo) -> list[dict[str, np.ndarray]]:
-    return algo.learner_group.foreach_learner(lambda learner: learner.module["default_policy"].get_state())
+    results = algo.learner_group.foreach_learner(lambda learner: learner.module["default_policy"].get_state())
+    return [r.get() for r in results]
 
 
 def train_until_weights_change(algo, max_iterations: int = 6) -> list[dict[str, np.ndarray]]:
