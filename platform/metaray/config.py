@@ -101,19 +101,22 @@ class ModelConfig:
 class TrainingConfig:
     algorithm: Literal["PPO", "APPO"] = _help(
         "RLlib algorithm that trains the meta-policy: 'PPO' (synchronous) or 'APPO' "
-        "(asynchronous sampling and learning, V-trace off-policy correction).",
+        "(V-trace off-policy correction; samples asynchronously with remote env runners and "
+        "learns asynchronously with remote learners).",
         default="PPO",
     )
     total_env_steps: int = _help("Stop after this many sampled env steps.", default=1_000_000)
     train_batch_size: int = _help("Env steps per training iteration (whole trials).", default=10_000)
-    minibatch_size: int = _help("Env steps per SGD minibatch.", default=2_000)
-    num_epochs: int = _help("SGD passes over each training batch.", default=4)
+    minibatch_size: int = _help("Env steps per SGD minibatch (PPO; APPO updates on whole batches).", default=2_000)
+    num_epochs: int = _help(
+        "SGD passes over each training batch (APPO: times each batch is reused from its buffer).", default=4
+    )
     lr: float = _help("Adam learning rate.", default=3e-4)
     gamma: float = _help("Discount within a trial (1.0 = undiscounted trial return).", default=0.99)
-    lambda_: float = _help("GAE lambda.", default=0.95)
+    lambda_: float = _help("GAE lambda (PPO; APPO uses V-trace).", default=0.95)
     clip_param: float = _help("PPO policy clip range.", default=0.2)
     vf_loss_coeff: float = _help("Weight of the value loss.", default=0.5)
-    vf_clip_param: float = _help("Value-loss clip range (in return units).", default=10.0)
+    vf_clip_param: float = _help("Value-loss clip range (in return units; PPO only).", default=10.0)
     entropy_coeff: float = _help("Weight of the entropy bonus.", default=0.01)
     grad_clip: Optional[float] = _help("Global gradient-norm clip; null disables.", default=1.0)
 

@@ -110,6 +110,8 @@ class TransformerCore(MemoryCore):
     ``[num_layers, context_len, hidden_size]``) and which of those slots hold a real step
     (``valid``, ``[context_len]``; 0 at the start of a trial). Memory is not
     back-propagated through across chunks, just as a GRU's chunk-initial state is not.
+    RLlib keeps every step's state in the sampled episodes, so sampling memory grows with
+    ``num_layers * context_len * hidden_size`` floats per env step.
     """
 
     def __init__(self, in_size: int, hidden_size: int, num_layers: int, num_heads: int, context_len: int):
