@@ -40,7 +40,7 @@ class PlainBanditEnv(gym.Env):
     def __init__(self, config: Mapping[str, Any]):
         self.num_arms = int(config.get("num_arms", 5))
         self.pulls = int(config.get("pulls", 10))
-        self.observation_space = gym.spaces.Box(0.0, 0.0, (1,), np.float32)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
         self.action_space = gym.spaces.Discrete(self.num_arms)
         self.trial_queue: list[tuple[int, Sequence[float], int]] = []
         self._index = -1
