@@ -77,28 +77,20 @@ def _algorithm_training(cfg: ExperimentConfig) -> tuple[AlgorithmConfig, dict[st
     """The algorithm's empty config and its algorithm-specific ``.training()`` arguments."""
     t = cfg.training
     if t.algorithm == "APPO":
-        # APPO's learner updates on whole train batches taken from a circular buffer; each
-        # batch is reused up to num_epochs times (training.minibatch_size does not apply).
-        # An iteration samples at least one train batch, as with PPO (RLlib's default is
-        # at least 10 seconds). One sample() call of a runner fills one learner's batch, so
-        # every learner gets episodes even when the driver samples alone.
+        # An iteration samples at least one train batch, as with PPO (RLlib's default is at
+        # least 10 seconds). One sample() call of a runner about fills one learner's batch,
+        # so every learner gets episodes even when the driver samples alone, and RLlib needs
+        # minibatches made of whole rollout fragments.
         per_learner = t.train_batch_size // max(cfg.learners.num_learners, 1)
+        longest = max(1, per_learner // cfg.env_runners.num_envs_per_env_runner)
+        fragment = max(n for n in range(1, longest + 1) if t.minibatch_size % n == 0)
         appo = (
             APPOConfig()
             .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=t.train_batch_size)
-            .env_runners(rollout_fragment_length=max(1, per_learner // cfg.env_runners.num_envs_per_env_runner))
+            .env_runners(rollout_fragment_length=fragment)
         )
-        return appo, {
-            "clip_param": t.clip_param,
-            "circular_buffer_iterations_per_batch": t.num_epochs,
-        }
-    return PPOConfig(), {
-        "lambda_": t.lambda_,
-        "clip_param": t.clip_param,
-        "vf_clip_param": t.vf_clip_param,
-        "minibatch_size": t.minibatch_size,
-        "num_epochs": t.num_epochs,
-    }
+        return appo, {"clip_param": t.clip_param}
+    return PPOConfig(), {"lambda_": t.lambda_, "clip_param": t.clip_param, "vf_clip_param": t.vf_clip_param}
 
 
 def build_algorithm_config(cfg: ExperimentConfig) -> AlgorithmConfig:
@@ -137,6 +129,8 @@ def build_algorithm_config(cfg: ExperimentConfig) -> AlgorithmConfig:
             grad_clip=t.grad_clip,
             grad_clip_by="global_norm",
             train_batch_size_per_learner=t.train_batch_size // num_learners,
+            minibatch_size=t.minibatch_size,
+            num_epochs=t.num_epochs,
             **algorithm_training,
         )
         .evaluation(

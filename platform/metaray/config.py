@@ -107,10 +107,8 @@ class TrainingConfig:
     )
     total_env_steps: int = _help("Stop after this many sampled env steps.", default=1_000_000)
     train_batch_size: int = _help("Env steps per training iteration (whole trials).", default=10_000)
-    minibatch_size: int = _help("Env steps per SGD minibatch (PPO; APPO updates on whole batches).", default=2_000)
-    num_epochs: int = _help(
-        "SGD passes over each training batch (APPO: times each batch is reused from its buffer).", default=4
-    )
+    minibatch_size: int = _help("Env steps per SGD minibatch.", default=2_000)
+    num_epochs: int = _help("SGD passes over each training batch.", default=4)
     lr: float = _help("Adam learning rate.", default=3e-4)
     gamma: float = _help("Discount within a trial (1.0 = undiscounted trial return).", default=0.99)
     lambda_: float = _help("GAE lambda (PPO; APPO uses V-trace).", default=0.95)
