@@ -94,6 +94,8 @@ def run_to_target(name: str, algo, evaluate, args) -> dict:
         iteration += 1
         if iteration % args.eval_every and steps < args.max_env_steps:
             continue
+        # RLlib syncs evaluation runners only for its own evaluations, which never run here.
+        algo.eval_env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
         held_out = evaluate()
         curve.append({"env_steps": steps, "train_wall_s": round(train_s, 2), "held_out": held_out})
         print(f"{name:8s} iter {iteration:4d} | {steps:>10,} env steps | {train_s:7.1f} s | "
