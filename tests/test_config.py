@@ -52,6 +52,11 @@ def test_int_is_accepted_for_float():
         (["training.minibatch_size=20000"], "training.minibatch_size (20000) must not exceed"),
         (["model.encoder_layers=7"], "model.encoder_layers must be a list"),
         (["training"], "--set expects dotted.key=value"),
+        (["training.algorithm=DQN"], "training.algorithm must be one of"),
+        (["model.context_len=0"], "model.context_len must be > 0"),
+        (["model.num_layers=0"], "model.num_layers must be > 0"),
+        (["model.arch=transformer", "model.hidden_size=30", "model.num_heads=4"],
+         "model.num_heads (4) must divide model.hidden_size (30)"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):

@@ -1,7 +1,7 @@
 """Translate an :class:`~metaray.config.ExperimentConfig` into an RLlib AlgorithmConfig.
 
 Everything RLlib does well stays RLlib's: EnvRunners sample trials in parallel, Learners
-(optionally several, on GPUs, with DDP) run PPO, evaluation EnvRunners play the held-out
+(optionally several, on GPUs, with DDP) run PPO or APPO, evaluation EnvRunners play the held-out
 trials. metaray only adds the trial env, the recurrent module, per-episode-index metrics
 and the paired evaluation function.
 """
@@ -14,6 +14,7 @@ import warnings
 from typing import Any
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.algorithms.appo import APPOConfig
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -85,18 +86,43 @@ def periodic_evaluation(algo, eval_env_runner_group) -> tuple[dict, int, int]:
     return {}, steps, steps
 
 
+def _algorithm_training(cfg: ExperimentConfig) -> tuple[AlgorithmConfig, dict[str, Any]]:
+    """The algorithm's empty config and its algorithm-specific ``.training()`` arguments."""
+    t = cfg.training
+    if t.algorithm == "APPO":
+        # An iteration samples at least one train batch, as with PPO (RLlib's default is at
+        # least 10 seconds). One sample() call of a runner about fills one learner's batch,
+        # so every learner gets episodes even when the driver samples alone, and RLlib needs
+        # minibatches made of whole rollout fragments.
+        per_learner = t.train_batch_size // max(cfg.learners.num_learners, 1)
+        longest = max(1, per_learner // cfg.env_runners.num_envs_per_env_runner)
+        fragment = max(n for n in range(1, longest + 1) if t.minibatch_size % n == 0)
+        appo = (
+            APPOConfig()
+            .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=t.train_batch_size)
+            .env_runners(rollout_fragment_length=fragment)
+        )
+        return appo, {"clip_param": t.clip_param}
+    return PPOConfig(), {"lambda_": t.lambda_, "clip_param": t.clip_param, "vf_clip_param": t.vf_clip_param}
+
+
 def build_algorithm_config(cfg: ExperimentConfig) -> AlgorithmConfig:
-    """The RLlib PPO config of an experiment (new API stack)."""
+    """The RLlib PPO or APPO config of an experiment (new API stack)."""
     t, runners, ev = cfg.training, cfg.env_runners, cfg.evaluation
     num_learners = max(cfg.learners.num_learners, 1)
     model_config = {
+        "arch": cfg.model.arch,
         "hidden_size": cfg.model.hidden_size,
+        "num_layers": cfg.model.num_layers,
+        "num_heads": cfg.model.num_heads,
+        "context_len": cfg.model.context_len,
         "encoder_layers": list(cfg.model.encoder_layers),
         "head_layers": list(cfg.model.head_layers),
         "max_seq_len": cfg.model.max_seq_len,
     }
+    algorithm_config, algorithm_training = _algorithm_training(cfg)
     return (
-        PPOConfig()
+        algorithm_config
         .environment(TrialEnv, env_config=trial_env_config(cfg))
         .env_runners(
             num_env_runners=runners.num_env_runners,
@@ -118,16 +144,14 @@ def build_algorithm_config(cfg: ExperimentConfig) -> AlgorithmConfig:
         .training(
             lr=t.lr,
             gamma=t.gamma,
-            lambda_=t.lambda_,
-            clip_param=t.clip_param,
             vf_loss_coeff=t.vf_loss_coeff,
-            vf_clip_param=t.vf_clip_param,
             entropy_coeff=t.entropy_coeff,
             grad_clip=t.grad_clip,
             grad_clip_by="global_norm",
             train_batch_size_per_learner=t.train_batch_size // num_learners,
             minibatch_size=t.minibatch_size,
             num_epochs=t.num_epochs,
+            **algorithm_training,
         )
         .evaluation(
             evaluation_interval=ev.interval,

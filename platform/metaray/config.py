@@ -76,8 +76,12 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["gru"] = _help("Recurrent core of the meta-policy.", default="gru")
-    hidden_size: int = _help("Width of the recurrent state.", default=256)
+    arch: Literal["gru", "lstm", "transformer"] = _help(
+        "Memory core of the meta-policy: 'gru', 'lstm', or 'transformer' (causal, attending "
+        "over a sliding window of the last model.context_len steps).",
+        default="gru",
+    )
+    hidden_size: int = _help("Width of the recurrent state (the transformer's model width).", default=256)
     encoder_layers: list[int] = _help(
         "Widths of the MLP applied to the trial input before the recurrent core.",
         default_factory=list,
@@ -91,21 +95,33 @@ class ModelConfig:
         "and the chunk's initial recurrent state comes from sampling.",
         default=50,
     )
+    num_layers: int = _help("Stacked recurrent layers or transformer blocks.", default=1)
+    num_heads: int = _help("Attention heads (transformer only; must divide hidden_size).", default=4)
+    context_len: int = _help(
+        "Past steps each step attends to (transformer only); the window slides, so trials "
+        "may be longer.",
+        default=32,
+    )
 
 
 @dataclass
 class TrainingConfig:
-    algorithm: Literal["PPO"] = _help("RLlib algorithm that trains the meta-policy.", default="PPO")
+    algorithm: Literal["PPO", "APPO"] = _help(
+        "RLlib algorithm that trains the meta-policy: 'PPO' (synchronous) or 'APPO' "
+        "(V-trace off-policy correction; samples asynchronously with remote env runners and "
+        "learns asynchronously with remote learners).",
+        default="PPO",
+    )
     total_env_steps: int = _help("Stop after this many sampled env steps.", default=1_000_000)
     train_batch_size: int = _help("Env steps per training iteration (whole trials).", default=10_000)
     minibatch_size: int = _help("Env steps per SGD minibatch.", default=2_000)
     num_epochs: int = _help("SGD passes over each training batch.", default=4)
     lr: float = _help("Adam learning rate.", default=3e-4)
     gamma: float = _help("Discount within a trial (1.0 = undiscounted trial return).", default=0.99)
-    lambda_: float = _help("GAE lambda.", default=0.95)
+    lambda_: float = _help("GAE lambda (PPO; APPO uses V-trace).", default=0.95)
     clip_param: float = _help("PPO policy clip range.", default=0.2)
     vf_loss_coeff: float = _help("Weight of the value loss.", default=0.5)
-    vf_clip_param: float = _help("Value-loss clip range (in return units).", default=10.0)
+    vf_clip_param: float = _help("Value-loss clip range (in return units; PPO only).", default=10.0)
     entropy_coeff: float = _help("Weight of the entropy bonus.", default=0.01)
     grad_clip: Optional[float] = _help("Global gradient-norm clip; null disables.", default=1.0)
 
@@ -196,6 +212,9 @@ def _check_value(cfg: ExperimentConfig) -> None:
         "evaluation.num_trials": cfg.evaluation.num_trials,
         "evaluation.interval": cfg.evaluation.interval,
         "model.max_seq_len": cfg.model.max_seq_len,
+        "model.num_layers": cfg.model.num_layers,
+        "model.num_heads": cfg.model.num_heads,
+        "model.context_len": cfg.model.context_len,
         "evaluation.final_num_trials": cfg.evaluation.final_num_trials,
         "evaluation.num_envs_per_env_runner": cfg.evaluation.num_envs_per_env_runner,
         "task.reward_scale": cfg.task.reward_scale,
@@ -239,6 +258,11 @@ def _check_value(cfg: ExperimentConfig) -> None:
     for resource, amount in cfg.env_runners.custom_resources.items():
         if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
             raise ConfigError(f"env_runners.custom_resources.{resource} must be a number > 0, got {amount!r}")
+    if cfg.model.arch == "transformer" and cfg.model.hidden_size % cfg.model.num_heads:
+        raise ConfigError(
+            f"model.num_heads ({cfg.model.num_heads}) must divide model.hidden_size "
+            f"({cfg.model.hidden_size}) for the transformer"
+        )
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"name must be a non-empty string without '/', got {cfg.name!r}")
 

@@ -1,0 +1,132 @@
+"""The meta-policy as an RLlib new-stack RLModule, for PPO and APPO.
+
+The module reads the trial input built by :class:`metaray.trial.TrialEnv` (observation,
+previous action, previous reward, inner-episode-done flag) through an optional MLP encoder,
+a memory core (GRU, LSTM or windowed causal transformer, see :mod:`metaray.models.cores`)
+whose state RLlib carries across the inner episodes of a trial, and an optional MLP head.
+Policy and value heads share that torso (as in RL²). Discrete actions get categorical
+logits, Box actions a diagonal Gaussian (mean and log-std), both from RLlib's default
+distributions. APPO's learner calls :meth:`make_target_networks`; PPO never does, so PPO
+modules carry no target copy.
+
+Example:
+    >>> import gymnasium as gym, numpy as np, torch
+    >>> module = RecurrentMetaPolicy(
+    ...     observation_space=gym.spaces.Box(-np.inf, np.inf, (8,), np.float32),
+    ...     action_space=gym.spaces.Discrete(5),
+    ...     model_config={"arch": "transformer", "hidden_size": 16, "num_heads": 2, "context_len": 4},
+    ... )
+    >>> state = {k: torch.from_numpy(v)[None] for k, v in module.get_initial_state().items()}
+    >>> out = module.forward_inference({"obs": torch.zeros(1, 3, 8), "state_in": state})
+    >>> tuple(out["action_dist_inputs"].shape)
+    (1, 3, 5)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import gymnasium as gym
+import numpy as np
+from torch import nn
+
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.utils import make_target_network
+from ray.rllib.core.rl_module.apis import (
+    TARGET_NETWORK_ACTION_DIST_INPUTS,
+    InferenceOnlyAPI,
+    TargetNetworkAPI,
+    ValueFunctionAPI,
+)
+from ray.rllib.core.rl_module.torch import TorchRLModule
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.typing import NetworkType, TensorType
+
+from metaray.models.cores import build_core
+
+
+def _mlp(in_size: int, widths: list[int]) -> tuple[nn.Module, int]:
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Linear(in_size, width), nn.Tanh()]
+        in_size = width
+    return nn.Sequential(*layers), in_size
+
+
+class _Torso(nn.Module):
+    """Encoder MLP -> memory core -> head MLP: trial inputs to shared features."""
+
+    def __init__(self, in_size: int, model_config: dict):
+        super().__init__()
+        self.encoder, in_size = _mlp(in_size, list(model_config.get("encoder_layers", [])))
+        self.core = build_core(model_config.get("arch", "gru"), in_size, model_config)
+        self.head, self.out_size = _mlp(
+            int(model_config.get("hidden_size", 256)), list(model_config.get("head_layers", []))
+        )
+
+    def forward(self, batch: dict[str, Any]) -> tuple[TensorType, dict[str, TensorType]]:
+        x = self.encoder(batch[Columns.OBS].float())
+        core_out, state_out = self.core(x, batch[Columns.STATE_IN])
+        return self.head(core_out), state_out
+
+
+class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
+    """Meta-policy; ``model_config`` keys mirror :class:`metaray.config.ModelConfig`."""
+
+    @override(TorchRLModule)
+    def setup(self):
+        self.torso = _Torso(int(np.prod(self.observation_space.shape)), self.model_config)
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            num_outputs = int(self.action_space.n)
+        elif isinstance(self.action_space, gym.spaces.Box):
+            num_outputs = 2 * int(np.prod(self.action_space.shape))
+        else:
+            raise ValueError(f"unsupported action space {self.action_space}")
+        self.pi = nn.Linear(self.torso.out_size, num_outputs)
+        self.vf = nn.Linear(self.torso.out_size, 1)
+        # Small initial policy output: near-uniform actions at the start of training.
+        nn.init.orthogonal_(self.pi.weight, gain=0.01)
+        nn.init.zeros_(self.pi.bias)
+
+    @override(TorchRLModule)
+    def get_initial_state(self) -> dict[str, np.ndarray]:
+        return self.torso.core.initial_state()
+
+    @override(TorchRLModule)
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        features, state_out = self.torso(batch)
+        return {Columns.ACTION_DIST_INPUTS: self.pi(features), Columns.STATE_OUT: state_out}
+
+    @override(TorchRLModule)
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        features, state_out = self.torso(batch)
+        return {
+            Columns.ACTION_DIST_INPUTS: self.pi(features),
+            Columns.STATE_OUT: state_out,
+            Columns.EMBEDDINGS: features,
+        }
+
+    @override(ValueFunctionAPI)
+    def compute_values(self, batch: dict[str, Any], embeddings: Optional[Any] = None) -> TensorType:
+        if embeddings is None:
+            embeddings, _ = self.torso(batch)
+        return self.vf(embeddings).squeeze(-1)
+
+    @override(TargetNetworkAPI)
+    def make_target_networks(self) -> None:
+        self._target_torso = make_target_network(self.torso)
+        self._target_pi = make_target_network(self.pi)
+
+    @override(TargetNetworkAPI)
+    def get_target_network_pairs(self) -> list[tuple[NetworkType, NetworkType]]:
+        return [(self.torso, self._target_torso), (self.pi, self._target_pi)]
+
+    @override(TargetNetworkAPI)
+    def forward_target(self, batch: dict[str, Any]) -> dict[str, Any]:
+        features, _ = self._target_torso(batch)
+        return {TARGET_NETWORK_ACTION_DIST_INPUTS: self._target_pi(features)}
+
+    @override(InferenceOnlyAPI)
+    def get_non_inference_attributes(self) -> list[str]:
+        # Env runners only act: they need neither the value head nor APPO's target copy.
+        return ["vf", "_target_torso", "_target_pi"]

@@ -1,0 +1,41 @@
+"""The plain-RLlib baseline env of the benchmarks is a valid env, paired with metaray's trials."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from gymnasium.utils.env_checker import check_env
+
+from conftest import ROOT
+from metaray.config import load_config
+from metaray.trial import TrialEnv
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from plain_rllib import TRIAL_INDEX_KEY, PlainBanditEnv  # noqa: E402
+from time_to_target import held_out_bandit_trials  # noqa: E402
+
+
+def test_plain_env_passes_check_env():
+    check_env(PlainBanditEnv({"num_arms": 5, "pulls": 10}), skip_render_check=True)
+
+
+def test_plain_env_replays_metaray_held_out_trials():
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml")
+    trials = held_out_bandit_trials(cfg, 3)
+    plain = PlainBanditEnv({"num_arms": 5, "pulls": 10})
+    plain.trial_queue = list(trials)
+    trial_env = TrialEnv({"family": "bandit", "params": cfg.task.params, "episodes_per_trial": 10,
+                          "test_fraction": cfg.task.test_fraction, "split_seed": cfg.seed, "split": "train"})
+    trial_env.trial_queue = [("test", index) for index, _, _ in trials]
+    actions = np.random.default_rng(0).integers(5, size=10)
+    for index, _, _ in trials:
+        plain.reset()
+        trial_env.reset()
+        plain_rewards, trial_rewards = [], []
+        for action in actions:
+            _, reward, done, _, info = plain.step(action)
+            plain_rewards.append(reward)
+            trial_rewards.append(trial_env.step(action)[1])
+        assert done and info[TRIAL_INDEX_KEY] == index
+        assert plain_rewards == trial_rewards
