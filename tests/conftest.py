@@ -14,6 +14,25 @@ for path in (ROOT / "platform", ROOT):
         sys.path.insert(0, str(path))
 
 
+def tiny_run_args(total_env_steps: int, final_num_trials: int) -> list[str]:
+    """launch.py arguments for a quickstart run of a few seconds (run from the repo root)."""
+    overrides = {
+        "training.total_env_steps": total_env_steps,
+        "training.train_batch_size": 1000,
+        "training.minibatch_size": 500,
+        "training.num_epochs": 1,
+        "model.hidden_size": 16,
+        "env_runners.num_envs_per_env_runner": 8,
+        "evaluation.interval": 1,
+        "evaluation.num_trials": 20,
+        "evaluation.final_num_trials": final_num_trials,
+    }
+    args = ["--config", "configs/quickstart.yaml"]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray shared by every test that needs one (starting Ray costs seconds)."""

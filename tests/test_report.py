@@ -15,22 +15,12 @@ import numpy as np
 import pytest
 
 import launch
+from conftest import tiny_run_args
 from metaray.evaluation import across_seeds, adaptation_metrics, interquartile_mean, paired_regret
 from metaray.report import ADAPTATION_PNG, META_POLICY, RETURNS_PNG
 from metaray.trial import TrialRecord
 
-TINY = [
-    "--config", "configs/quickstart.yaml",
-    "--set", "training.total_env_steps=1000",
-    "--set", "training.train_batch_size=1000",
-    "--set", "training.minibatch_size=500",
-    "--set", "training.num_epochs=1",
-    "--set", "model.hidden_size=16",
-    "--set", "env_runners.num_envs_per_env_runner=8",
-    "--set", "evaluation.interval=1",
-    "--set", "evaluation.num_trials=20",
-    "--set", "evaluation.final_num_trials=40",
-]
+TINY = tiny_run_args(total_env_steps=1000, final_num_trials=40)
 NUMBER = re.compile(r"-?\d+\.\d+")
 
 

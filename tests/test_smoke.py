@@ -7,20 +7,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import launch
+from conftest import tiny_run_args
 
-TINY = [
-    "--config", "configs/quickstart.yaml",
-    "--set", "training.total_env_steps=2000",
-    "--set", "training.train_batch_size=1000",
-    "--set", "training.minibatch_size=500",
-    "--set", "training.num_epochs=1",
-    "--set", "model.hidden_size=16",
-    "--set", "env_runners.num_envs_per_env_runner=8",
-    "--set", "evaluation.interval=1",
-    "--set", "evaluation.num_trials=20",
-    "--set", "evaluation.final_num_trials=50",
-    "--set", "checkpoint_interval=1",
-]
+TINY = tiny_run_args(total_env_steps=2000, final_num_trials=50) + ["--set", "checkpoint_interval=1"]
 
 
 @pytest.fixture(scope="module")
