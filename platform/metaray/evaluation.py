@@ -42,17 +42,22 @@ def _sample_assigned_trials(env_runner, trials: Sequence[tuple[str, int]], explo
     return [records[t] for t in trials]
 
 
+def foreach_sampling_env_runner(env_runner_group, func):
+    """Call ``func`` on the runners that sample: the remote ones, or the local one if none."""
+    local_only = env_runner_group.num_remote_env_runners() == 0
+    return env_runner_group.foreach_env_runner(func, local_env_runner=local_only)
+
+
 def run_trials_on_env_runners(eval_group, trials: Sequence[tuple[str, int]], explore: bool) -> list[TrialRecord]:
     """Deal ``trials`` out to an EnvRunnerGroup's runners and collect their records in order."""
-    num_remote = eval_group.num_remote_env_runners()
-    num_shares = max(1, num_remote)
+    num_shares = max(1, eval_group.num_remote_env_runners())
     trials = list(trials)
 
     def play_share(env_runner):
         share = trials[max(env_runner.worker_index - 1, 0) :: num_shares]
         return _sample_assigned_trials(env_runner, share, explore)
 
-    shares = eval_group.foreach_env_runner(play_share, local_env_runner=num_remote == 0)
+    shares = foreach_sampling_env_runner(eval_group, play_share)
     if len(shares) != num_shares:
         raise RuntimeError(f"evaluation got results from {len(shares)} of {num_shares} env runners")
     records = {(r.split, r.index): r for share in shares for r in share}

@@ -30,7 +30,14 @@ from ray.rllib.utils.metrics import FAULT_TOLERANCE_STATS
 
 from metaray.algorithm import NON_FINITE_TRIALS, build_algorithm_config
 from metaray.config import ExperimentConfig
-from metaray.evaluation import ADAPTATION_KEY, adaptation_metrics, evaluate_baselines, evaluate_meta_policy, evaluation_trials
+from metaray.evaluation import (
+    ADAPTATION_KEY,
+    adaptation_metrics,
+    evaluate_baselines,
+    evaluate_meta_policy,
+    evaluation_trials,
+    foreach_sampling_env_runner,
+)
 from metaray.storage import STATE_FILE, RunMirror, latest_checkpoint
 from metaray.tracking import RunLogger
 
@@ -77,21 +84,16 @@ def check_env_runners_alive(result: dict[str, Any], cfg: ExperimentConfig, itera
 
 def reseed_task_samplers(env_runner_group, seed: int, iteration: int) -> None:
     """Give every training env a task RNG seeded from (seed, iteration, runner, env)."""
-    num_remote = env_runner_group.num_remote_env_runners()
-
     def reseed(env_runner):
         seeds = [[seed, iteration, env_runner.worker_index, i] for i in range(env_runner.num_envs)]
         env_runner.env.unwrapped.set_attr("task_seed", seeds)
 
-    env_runner_group.foreach_env_runner(reseed, local_env_runner=num_remote == 0)
+    foreach_sampling_env_runner(env_runner_group, reseed)
 
 
 def env_runner_nodes(env_runner_group) -> list[str]:
     """Ray node id of every training env runner (the driver's node when sampling locally)."""
-    num_remote = env_runner_group.num_remote_env_runners()
-    return env_runner_group.foreach_env_runner(
-        lambda _: ray.get_runtime_context().get_node_id(), local_env_runner=num_remote == 0
-    )
+    return foreach_sampling_env_runner(env_runner_group, lambda _: ray.get_runtime_context().get_node_id())
 
 
 def save_config(cfg: ExperimentConfig, run_dir: Path) -> None:
