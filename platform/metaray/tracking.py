@@ -86,7 +86,7 @@ class RunLogger:
         self.reward_scale = reward_scale
         self._last_eval: dict[str, Any] = {}
 
-    def training(self, step: int, iteration: int, result: Mapping[str, Any], wall_s: float, steps_per_s: float) -> None:
+    def training(self, step: int, iteration: int, result: Mapping[str, Any], steps_per_s: float) -> None:
         runners = result.get("env_runners", {})
         learner = result.get("learners", {}).get("default_policy", {})
         scalars = {

@@ -161,7 +161,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, mirror: Ru
             faults = result.get(FAULT_TOLERANCE_STATS, {})
             state["env_runner_restarts"] = restarts_before + faults.get("num_remote_worker_restarts", 0)
             steps_per_s = steps / (time.perf_counter() - iter_start)
-            logger.training(state["env_steps"], state["iteration"], result, state["wall_s"], steps_per_s)
+            logger.training(state["env_steps"], state["iteration"], result, steps_per_s)
             logger.faults(state["env_steps"], state["env_runner_restarts"], faults.get("num_healthy_workers"))
             report = result.get("evaluation", {}).get(ADAPTATION_KEY)
             if report:
