@@ -84,8 +84,10 @@ class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Inf
             raise ValueError(f"unsupported action space {self.action_space}")
         self.pi = nn.Linear(self.torso.out_size, num_outputs)
         self.vf = nn.Linear(self.torso.out_size, 1)
-        # Small initial policy output: near-uniform actions at the start of training.
-        nn.init.orthogonal_(self.pi.weight, gain=0.01)
+        # Unit gain, not the 0.01 common with separate actor and critic networks: the torso
+        # is shared, and a tiny policy layer starves it of policy gradient (bandit quickstart,
+        # LSTM 64, 100 k steps, 3 seeds: held-out 6.59 with gain 1 vs 6.37 with gain 0.01).
+        nn.init.orthogonal_(self.pi.weight, gain=1.0)
         nn.init.zeros_(self.pi.bias)
 
     @override(TorchRLModule)
