@@ -55,6 +55,7 @@ def test_int_is_accepted_for_float():
         (["training.algorithm=DQN"], "training.algorithm must be one of"),
         (["model.context_len=0"], "model.context_len must be > 0"),
         (["model.num_layers=0"], "model.num_layers must be > 0"),
+        (["training.algorithm=APPO", "env_runners.whole_trials=true"], "env_runners.whole_trials needs training.algorithm PPO"),
         (["model.arch=transformer", "model.hidden_size=30", "model.num_heads=4"],
          "model.num_heads (4) must divide model.hidden_size (30)"),
     ],

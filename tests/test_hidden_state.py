@@ -55,3 +55,17 @@ def test_state_carried_across_inner_episodes_and_reset_between_trials(sampled):
         np.testing.assert_allclose(replay(module, observations), recorded, atol=1e-5)
         # Negative control: a state reset at every inner episode does not reproduce the policy.
         assert not np.allclose(replay(module, observations, reset_every=1), recorded, atol=1e-5)
+
+
+@pytest.mark.parametrize("whole_trials", [False, True])
+def test_whole_trials_sampling_never_cuts_a_trial(whole_trials):
+    # Fragments of 7 steps per env cut 10-step trials unless whole trials are sampled.
+    cfg = load_config(ROOT / "configs/quickstart.yaml", [
+        "model.hidden_size=8", "env_runners.num_envs_per_env_runner=2", "training.train_batch_size=14",
+        "training.minibatch_size=14", f"env_runners.whole_trials={str(whole_trials).lower()}",
+    ])
+    runner = SingleAgentEnvRunner(config=build_algorithm_config(cfg))
+    episodes = runner.sample() + runner.sample()
+    runner.stop()
+    whole = [e.is_done and e.t_started == 0 and len(e) == 10 for e in episodes]
+    assert all(whole) if whole_trials else not all(whole)

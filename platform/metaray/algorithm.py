@@ -129,6 +129,7 @@ def build_algorithm_config(cfg: ExperimentConfig) -> AlgorithmConfig:
             num_envs_per_env_runner=runners.num_envs_per_env_runner,
             num_cpus_per_env_runner=runners.num_cpus_per_env_runner,
             custom_resources_per_env_runner=dict(runners.custom_resources),
+            batch_mode="complete_episodes" if runners.whole_trials else "truncate_episodes",
         )
         .fault_tolerance(
             restart_failed_env_runners=runners.restart_failed,

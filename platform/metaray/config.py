@@ -133,6 +133,13 @@ class EnvRunnersConfig:
     )
     num_envs_per_env_runner: int = _help("Vectorised trial envs per runner.", default=64)
     num_cpus_per_env_runner: float = _help("CPUs Ray reserves per env runner.", default=1.0)
+    whole_trials: bool = _help(
+        "Sample whole trials only (RLlib batch_mode 'complete_episodes'; PPO only), so every "
+        "training sequence starts at a trial's first step and, with model.max_seq_len >= the "
+        "trial length, gradients reach from the last episode back to the first. Otherwise "
+        "runners sample fixed-length fragments that may cut a trial anywhere.",
+        default=False,
+    )
     custom_resources: dict = _help(
         "Custom Ray resources each env runner requires, e.g. {spot_cpu: 1} to place runners "
         "on the nodes that advertise them.",
@@ -262,6 +269,11 @@ def _check_value(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"model.num_heads ({cfg.model.num_heads}) must divide model.hidden_size "
             f"({cfg.model.hidden_size}) for the transformer"
+        )
+    if cfg.env_runners.whole_trials and cfg.training.algorithm != "PPO":
+        raise ConfigError(
+            f"env_runners.whole_trials needs training.algorithm PPO, got {cfg.training.algorithm!r} "
+            "(APPO builds its minibatches from fixed-length rollout fragments)"
         )
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"name must be a non-empty string without '/', got {cfg.name!r}")
