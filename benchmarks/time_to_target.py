@@ -46,7 +46,7 @@ import plain_rllib  # noqa: E402
 from metaray.algorithm import build_algorithm_config, check_family  # noqa: E402
 from metaray.cluster import init_ray  # noqa: E402
 from metaray.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
-from metaray.evaluation import adaptation_metrics, evaluation_trials, run_trials_on_env_runners  # noqa: E402
+from metaray.evaluation import adaptation_metrics, evaluation_trials, play_meta_policy  # noqa: E402
 from metaray.tasks import TaskSplit, load_family  # noqa: E402
 from plain_rllib import TRIAL_INDEX_KEY, plain_ppo_config  # noqa: E402
 
@@ -57,12 +57,13 @@ NEVER = 10**12  # an evaluation interval RLlib never reaches: we evaluate betwee
 
 
 def evaluate_metaray(algo, num_trials: int, explore: bool) -> float:
-    trials = evaluation_trials("test", num_trials)
-    records = run_trials_on_env_runners(algo.eval_env_runner_group, trials, explore)
+    records = play_meta_policy(algo, evaluation_trials("test", num_trials), explore)
     return adaptation_metrics(records)["trial_return_mean"]
 
 
 def evaluate_plain(algo, trials: list[tuple[int, list[float], int]], explore: bool) -> float:
+    # RLlib syncs evaluation runners only for its own evaluations, which never run here.
+    algo.eval_env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
     runner = algo.eval_env_runner
     num_envs = runner.num_envs
     runner.env.unwrapped.set_attr("trial_queue", [list(trials[j::num_envs]) for j in range(num_envs)])
@@ -94,8 +95,6 @@ def run_to_target(name: str, algo, evaluate, args) -> dict:
         iteration += 1
         if iteration % args.eval_every and steps < args.max_env_steps:
             continue
-        # RLlib syncs evaluation runners only for its own evaluations, which never run here.
-        algo.eval_env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
         held_out = evaluate()
         curve.append({"env_steps": steps, "train_wall_s": round(train_s, 2), "held_out": held_out})
         print(f"{name:8s} iter {iteration:4d} | {steps:>10,} env steps | {train_s:7.1f} s | "
