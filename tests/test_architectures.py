@@ -60,3 +60,15 @@ def test_two_learners_stay_in_sync(ray_session, algorithm):
             np.testing.assert_allclose(first[key], second[key], rtol=1e-5, atol=1e-6, err_msg=key)
     finally:
         algo.stop()
+
+
+@pytest.mark.parametrize("algorithm", ["PPO", "APPO"])
+def test_separate_critic_trains(ray_session, algorithm):
+    algo = build("gru", algorithm, "model.separate_critic=true")
+    try:
+        before = learner_weights(algo)[0]
+        after = train_until_weights_change(algo)[0]
+    finally:
+        algo.stop()
+    critic_keys = [k for k in before if k.startswith("critic_torso.")]
+    assert critic_keys and any(not np.array_equal(before[k], after[k]) for k in critic_keys)

@@ -118,6 +118,7 @@ def build_algorithm_config(cfg: ExperimentConfig) -> AlgorithmConfig:
         "context_len": cfg.model.context_len,
         "encoder_layers": list(cfg.model.encoder_layers),
         "head_layers": list(cfg.model.head_layers),
+        "separate_critic": cfg.model.separate_critic,
         "max_seq_len": cfg.model.max_seq_len,
     }
     algorithm_config, algorithm_training = _algorithm_training(cfg)

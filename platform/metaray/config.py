@@ -90,6 +90,11 @@ class ModelConfig:
         "Widths of the MLP between the recurrent core and the policy/value heads.",
         default_factory=list,
     )
+    separate_critic: bool = _help(
+        "Give the value head its own encoder, memory core and head MLP instead of sharing the "
+        "policy's (doubles the model's compute).",
+        default=False,
+    )
     max_seq_len: int = _help(
         "Steps per training sequence (truncated BPTT); trials longer than this are chunked "
         "and the chunk's initial recurrent state comes from sampling.",

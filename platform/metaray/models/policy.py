@@ -4,7 +4,9 @@ The module reads the trial input built by :class:`metaray.trial.TrialEnv` (obser
 previous action, previous reward, inner-episode-done flag) through an optional MLP encoder,
 a memory core (GRU, LSTM or windowed causal transformer, see :mod:`metaray.models.cores`)
 whose state RLlib carries across the inner episodes of a trial, and an optional MLP head.
-Policy and value heads share that torso (as in RL²). Discrete actions get categorical
+Policy and value heads share that torso (as in RL²) unless ``separate_critic`` gives the
+value head a torso of its own, whose recurrent state travels beside the policy's under
+``critic_``-prefixed keys. Discrete actions get categorical
 logits, Box actions a diagonal Gaussian (mean and log-std), both from RLlib's default
 distributions. APPO's learner calls :meth:`make_target_networks`; PPO never does, so PPO
 modules carry no target copy.
@@ -64,10 +66,12 @@ class _Torso(nn.Module):
             int(model_config.get("hidden_size", 256)), list(model_config.get("head_layers", []))
         )
 
-    def forward(self, batch: dict[str, Any]) -> tuple[TensorType, dict[str, TensorType]]:
-        x = self.encoder(batch[Columns.OBS].float())
-        core_out, state_out = self.core(x, batch[Columns.STATE_IN])
+    def forward(self, obs: TensorType, state: dict[str, TensorType]) -> tuple[TensorType, dict[str, TensorType]]:
+        core_out, state_out = self.core(self.encoder(obs.float()), state)
         return self.head(core_out), state_out
+
+
+CRITIC_STATE_PREFIX = "critic_"
 
 
 class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
@@ -75,7 +79,9 @@ class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Inf
 
     @override(TorchRLModule)
     def setup(self):
-        self.torso = _Torso(int(np.prod(self.observation_space.shape)), self.model_config)
+        in_size = int(np.prod(self.observation_space.shape))
+        self.torso = _Torso(in_size, self.model_config)
+        self.critic_torso = _Torso(in_size, self.model_config) if self.model_config.get("separate_critic") else None
         if isinstance(self.action_space, gym.spaces.Discrete):
             num_outputs = int(self.action_space.n)
         elif isinstance(self.action_space, gym.spaces.Box):
@@ -92,26 +98,44 @@ class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Inf
 
     @override(TorchRLModule)
     def get_initial_state(self) -> dict[str, np.ndarray]:
-        return self.torso.core.initial_state()
+        state = self.torso.core.initial_state()
+        if self.critic_torso is not None:
+            state.update({CRITIC_STATE_PREFIX + k: v for k, v in self.critic_torso.core.initial_state().items()})
+        return state
+
+    def _run_torsos(self, batch: dict[str, Any]) -> tuple[TensorType, Optional[TensorType], dict[str, TensorType]]:
+        """Policy features, critic features (None when shared) and the next state."""
+        state = batch[Columns.STATE_IN]
+        policy_state = {k: v for k, v in state.items() if not k.startswith(CRITIC_STATE_PREFIX)}
+        features, state_out = self.torso(batch[Columns.OBS], policy_state)
+        if self.critic_torso is None:
+            return features, None, state_out
+        # The critic's memory advances while sampling too: a training sequence that starts
+        # mid-trial needs the critic state of its first step.
+        critic_state = {k[len(CRITIC_STATE_PREFIX):]: v for k, v in state.items() if k.startswith(CRITIC_STATE_PREFIX)}
+        critic_features, critic_state_out = self.critic_torso(batch[Columns.OBS], critic_state)
+        state_out.update({CRITIC_STATE_PREFIX + k: v for k, v in critic_state_out.items()})
+        return features, critic_features, state_out
 
     @override(TorchRLModule)
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        features, state_out = self.torso(batch)
+        features, _, state_out = self._run_torsos(batch)
         return {Columns.ACTION_DIST_INPUTS: self.pi(features), Columns.STATE_OUT: state_out}
 
     @override(TorchRLModule)
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        features, state_out = self.torso(batch)
+        features, critic_features, state_out = self._run_torsos(batch)
         return {
             Columns.ACTION_DIST_INPUTS: self.pi(features),
             Columns.STATE_OUT: state_out,
-            Columns.EMBEDDINGS: features,
+            Columns.EMBEDDINGS: features if critic_features is None else critic_features,
         }
 
     @override(ValueFunctionAPI)
     def compute_values(self, batch: dict[str, Any], embeddings: Optional[Any] = None) -> TensorType:
         if embeddings is None:
-            embeddings, _ = self.torso(batch)
+            features, critic_features, _ = self._run_torsos(batch)
+            embeddings = features if critic_features is None else critic_features
         return self.vf(embeddings).squeeze(-1)
 
     @override(TargetNetworkAPI)
@@ -125,7 +149,8 @@ class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Inf
 
     @override(TargetNetworkAPI)
     def forward_target(self, batch: dict[str, Any]) -> dict[str, Any]:
-        features, _ = self._target_torso(batch)
+        state = {k: v for k, v in batch[Columns.STATE_IN].items() if not k.startswith(CRITIC_STATE_PREFIX)}
+        features, _ = self._target_torso(batch[Columns.OBS], state)
         return {TARGET_NETWORK_ACTION_DIST_INPUTS: self._target_pi(features)}
 
     @override(InferenceOnlyAPI)
