@@ -74,6 +74,10 @@ class _Torso(nn.Module):
 CRITIC_STATE_PREFIX = "critic_"
 
 
+def _policy_state(state: dict[str, TensorType]) -> dict[str, TensorType]:
+    return {k: v for k, v in state.items() if not k.startswith(CRITIC_STATE_PREFIX)}
+
+
 class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
     """Meta-policy; ``model_config`` keys mirror :class:`metaray.config.ModelConfig`."""
 
@@ -106,8 +110,7 @@ class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Inf
     def _run_torsos(self, batch: dict[str, Any]) -> tuple[TensorType, Optional[TensorType], dict[str, TensorType]]:
         """Policy features, critic features (None when shared) and the next state."""
         state = batch[Columns.STATE_IN]
-        policy_state = {k: v for k, v in state.items() if not k.startswith(CRITIC_STATE_PREFIX)}
-        features, state_out = self.torso(batch[Columns.OBS], policy_state)
+        features, state_out = self.torso(batch[Columns.OBS], _policy_state(state))
         if self.critic_torso is None:
             return features, None, state_out
         # The critic's memory advances while sampling too: a training sequence that starts
@@ -149,8 +152,7 @@ class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Inf
 
     @override(TargetNetworkAPI)
     def forward_target(self, batch: dict[str, Any]) -> dict[str, Any]:
-        state = {k: v for k, v in batch[Columns.STATE_IN].items() if not k.startswith(CRITIC_STATE_PREFIX)}
-        features, _ = self._target_torso(batch[Columns.OBS], state)
+        features, _ = self._target_torso(batch[Columns.OBS], _policy_state(batch[Columns.STATE_IN]))
         return {TARGET_NETWORK_ACTION_DIST_INPUTS: self._target_pi(features)}
 
     @override(InferenceOnlyAPI)
