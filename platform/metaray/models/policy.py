@@ -108,11 +108,11 @@ class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Inf
         return state
 
     def _run_torsos(self, batch: dict[str, Any]) -> tuple[TensorType, Optional[TensorType], dict[str, TensorType]]:
-        """Policy features, critic features (None when shared) and the next state."""
+        """Policy features, value features (the same tensor when shared) and the next state."""
         state = batch[Columns.STATE_IN]
         features, state_out = self.torso(batch[Columns.OBS], _policy_state(state))
         if self.critic_torso is None:
-            return features, None, state_out
+            return features, features, state_out
         # The critic's memory advances while sampling too: a training sequence that starts
         # mid-trial needs the critic state of its first step.
         critic_state = {k[len(CRITIC_STATE_PREFIX):]: v for k, v in state.items() if k.startswith(CRITIC_STATE_PREFIX)}
@@ -127,18 +127,17 @@ class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Inf
 
     @override(TorchRLModule)
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        features, critic_features, state_out = self._run_torsos(batch)
+        features, value_features, state_out = self._run_torsos(batch)
         return {
             Columns.ACTION_DIST_INPUTS: self.pi(features),
             Columns.STATE_OUT: state_out,
-            Columns.EMBEDDINGS: features if critic_features is None else critic_features,
+            Columns.EMBEDDINGS: value_features,
         }
 
     @override(ValueFunctionAPI)
     def compute_values(self, batch: dict[str, Any], embeddings: Optional[Any] = None) -> TensorType:
         if embeddings is None:
-            features, critic_features, _ = self._run_torsos(batch)
-            embeddings = features if critic_features is None else critic_features
+            _, embeddings, _ = self._run_torsos(batch)
         return self.vf(embeddings).squeeze(-1)
 
     @override(TargetNetworkAPI)
