@@ -6,9 +6,8 @@ a memory core (GRU, LSTM or windowed causal transformer, see :mod:`metaray.model
 whose state RLlib carries across the inner episodes of a trial, and an optional MLP head.
 Policy and value heads share that torso (as in RL²) unless ``separate_critic`` gives the
 value head a torso of its own, whose recurrent state travels beside the policy's under
-``critic_``-prefixed keys. Discrete actions get categorical
-logits, Box actions a diagonal Gaussian (mean and log-std), both from RLlib's default
-distributions. APPO's learner calls :meth:`make_target_networks`; PPO never does, so PPO
+``critic_``-prefixed keys. Discrete actions get categorical logits, Box actions a diagonal
+Gaussian (mean and log-std), both from RLlib's default distributions. APPO's learner calls :meth:`make_target_networks`; PPO never does, so PPO
 modules carry no target copy.
 
 Example:
@@ -78,6 +77,10 @@ def _policy_state(state: dict[str, TensorType]) -> dict[str, TensorType]:
     return {k: v for k, v in state.items() if not k.startswith(CRITIC_STATE_PREFIX)}
 
 
+def _as_critic_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {CRITIC_STATE_PREFIX + k: v for k, v in state.items()}
+
+
 class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
     """Meta-policy; ``model_config`` keys mirror :class:`metaray.config.ModelConfig`."""
 
@@ -104,10 +107,10 @@ class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Inf
     def get_initial_state(self) -> dict[str, np.ndarray]:
         state = self.torso.core.initial_state()
         if self.critic_torso is not None:
-            state.update({CRITIC_STATE_PREFIX + k: v for k, v in self.critic_torso.core.initial_state().items()})
+            state.update(_as_critic_state(self.critic_torso.core.initial_state()))
         return state
 
-    def _run_torsos(self, batch: dict[str, Any]) -> tuple[TensorType, Optional[TensorType], dict[str, TensorType]]:
+    def _run_torsos(self, batch: dict[str, Any]) -> tuple[TensorType, TensorType, dict[str, TensorType]]:
         """Policy features, value features (the same tensor when shared) and the next state."""
         state = batch[Columns.STATE_IN]
         features, state_out = self.torso(batch[Columns.OBS], _policy_state(state))
@@ -117,7 +120,7 @@ class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Inf
         # mid-trial needs the critic state of its first step.
         critic_state = {k[len(CRITIC_STATE_PREFIX):]: v for k, v in state.items() if k.startswith(CRITIC_STATE_PREFIX)}
         critic_features, critic_state_out = self.critic_torso(batch[Columns.OBS], critic_state)
-        state_out.update({CRITIC_STATE_PREFIX + k: v for k, v in critic_state_out.items()})
+        state_out.update(_as_critic_state(critic_state_out))
         return features, critic_features, state_out
 
     @override(TorchRLModule)
