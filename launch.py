@@ -29,8 +29,12 @@ for path in (ROOT / "platform", ROOT):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from metaray.cluster import resolve_address  # noqa: E402
 from metaray.config import ConfigError, describe_options, load_config  # noqa: E402
-from metaray.storage import RunMirror, check_storage, download_run, is_uri, latest_checkpoint  # noqa: E402
+from metaray.storage import (  # noqa: E402
+    RunMirror, check_storage, download_run, is_uri, latest_checkpoint, resolve_checkpoint,
+)
+from metaray.validation import check_experiment  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,29 +105,23 @@ def evaluate_only(args: argparse.Namespace) -> int:
     try:
         if args.checkpoint is None or not args.checkpoint.exists():
             raise ConfigError(f"--checkpoint {args.checkpoint}: no such checkpoint")
-        from metaray.studies import resolve_checkpoint
-
         checkpoint = resolve_checkpoint(args.checkpoint)
-        config = args.config or checkpoint.parent.parent / "config.yaml"
-        cfg = load_config(config, args.overrides)
+        cfg = load_config(args.config or checkpoint.parent.parent / "config.yaml", args.overrides)
+        if args.trials is not None and args.trials <= 0:
+            raise ConfigError(f"--trials must be > 0, got {args.trials}")
         num_trials = args.trials or cfg.evaluation.final_num_trials
-        if num_trials <= 0:
-            raise ConfigError(f"--trials must be > 0, got {num_trials}")
         out_dir = args.run_dir or ROOT / "runs" / f"{cfg.name}-eval-{args.split}-{time.strftime('%Y%m%d-%H%M%S')}"
-        from metaray.algorithm import check_family
-        from metaray.cluster import resolve_address
-
         address = resolve_address(args.address, args.num_cpus)
-        check_family(cfg)
+        check_experiment(cfg)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
 
+    from metaray.checkpoint_eval import evaluate_checkpoint
     from metaray.cluster import init_ray
     from metaray.report import headline
-    from metaray.studies import evaluate_checkpoint
 
-    init_ray(cfg.task.family, address, args.num_cpus)
+    init_ray(cfg, address, args.num_cpus)
     summary = evaluate_checkpoint(cfg, checkpoint, args.split, num_trials, out_dir)
     print(json.dumps(headline(summary), indent=2))
     print(f"report: {out_dir / 'report.md'}")
@@ -135,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_only:
         return evaluate_only(args)
     try:
-        from metaray.cluster import resolve_address
-
         address = resolve_address(args.address, args.num_cpus)
         if args.resume is not None:
             run_dir, mirror = resume_target(args.resume, args.run_dir)
@@ -146,10 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--config is required (or --resume RUN_DIR)")
             cfg = load_config(args.config, args.overrides)
             run_dir, mirror = new_run_target(cfg.name, args.storage, args.run_dir)
-        # Importing RLlib takes seconds: only once everything cheaper to check is known good.
-        from metaray.algorithm import check_family
-
-        check_family(cfg)
+        check_experiment(cfg)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -158,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     from metaray.train import TrainingError, train
 
     print(f"run folder: {run_dir}" + (f" (mirrored to {mirror.uri})" if mirror else ""), flush=True)
-    init_ray(cfg.task.family, address, args.num_cpus)
+    init_ray(cfg, address, args.num_cpus)
     if cfg.seeds:
+        from metaray.multi_seed import train_seeds
         from metaray.report import headline
-        from metaray.studies import train_seeds
 
         aggregate = train_seeds(cfg, run_dir, resume=args.resume is not None)
         print(json.dumps(headline(aggregate), indent=2))

@@ -23,7 +23,7 @@ for path in (ROOT / "platform", ROOT):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from metaray.algorithm import build_algorithm_config, trial_env_config  # noqa: E402
+from metaray.rllib_config import build_algorithm_config  # noqa: E402
 from metaray.config import load_config  # noqa: E402
 from metaray.trial import TrialEnv  # noqa: E402
 
@@ -63,7 +63,7 @@ def main() -> None:
         "family": cfg.task.family,
         "params": cfg.task.params,
         "num_envs_per_env_runner": cfg.env_runners.num_envs_per_env_runner,
-        "raw_trial_env_steps_per_s": round(raw_steps_per_s(trial_env_config(cfg), args.steps), 1),
+        "raw_trial_env_steps_per_s": round(raw_steps_per_s(TrialEnv.env_config(cfg.task, cfg.seed), args.steps), 1),
         "env_runner_steps_per_s_per_core": round(env_runner_steps_per_s(cfg, args.steps), 1),
     }))
 

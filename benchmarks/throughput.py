@@ -50,9 +50,9 @@ import ray  # noqa: E402  (puts Ray's bundled psutil on the path)
 import psutil  # noqa: E402
 from ray import cloudpickle  # noqa: E402
 
-from metaray.algorithm import build_algorithm_config  # noqa: E402
+from metaray.rllib_config import build_algorithm_config  # noqa: E402
 from metaray.cluster import init_ray  # noqa: E402
-from metaray.config import load_config  # noqa: E402
+from metaray.config import ExperimentConfig, load_config  # noqa: E402
 import plain_rllib  # noqa: E402
 from plain_rllib import plain_ppo_config  # noqa: E402
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     families = [f for f in args.families if f != "point_nav" or (ROOT / "envs" / "point_nav.py").is_file()]
     if len(families) < len(args.families):
         notes.append("point_nav skipped: envs/point_nav.py does not exist in this checkout.")
-    init_ray("bandit", num_cpus=args.num_cpus)
+    init_ray(ExperimentConfig(), num_cpus=args.num_cpus)
     rows = []
     for family in families:
         for runners in args.runners:

@@ -43,11 +43,13 @@ from ray import cloudpickle  # noqa: E402
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig  # noqa: E402
 
 import plain_rllib  # noqa: E402
-from metaray.algorithm import build_algorithm_config, check_family  # noqa: E402
+from metaray.rllib_config import build_algorithm_config  # noqa: E402
 from metaray.cluster import init_ray  # noqa: E402
 from metaray.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
-from metaray.evaluation import adaptation_metrics, evaluation_trials, play_meta_policy  # noqa: E402
-from metaray.tasks import TaskSplit, load_family  # noqa: E402
+from metaray.rollouts import evaluation_trials, play_meta_policy  # noqa: E402
+from metaray.statistics import adaptation_metrics  # noqa: E402
+from metaray.tasks import TaskSplit  # noqa: E402
+from metaray.validation import check_experiment  # noqa: E402
 from plain_rllib import TRIAL_INDEX_KEY, plain_ppo_config  # noqa: E402
 
 cloudpickle.register_pickle_by_value(plain_rllib)  # Ray workers cannot import benchmarks/
@@ -80,7 +82,7 @@ def evaluate_plain(algo, trials: list[tuple[int, list[float], int]], explore: bo
 
 def held_out_bandit_trials(cfg: ExperimentConfig, num_trials: int) -> list[tuple[int, list[float], int]]:
     """The metaray evaluation's held-out trials as (index, arm probabilities, seed)."""
-    split = TaskSplit(load_family(cfg.task.family, cfg.task.params), cfg.task.test_fraction, cfg.seed)
+    split = TaskSplit.from_config(cfg.task, cfg.seed)
     return [(i, split.task_at("test", i).tolist(), split.trial_seed("test", i)) for i in range(num_trials)]
 
 
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, [*args.overrides, f"evaluation.interval={NEVER}"])
-        check_family(cfg)
+        check_experiment(cfg)
         if cfg.task.family != "bandit" or cfg.training.algorithm != "PPO":
             raise ConfigError("the plain baseline exists for task.family=bandit with training.algorithm=PPO")
     except ConfigError as exc:
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.max_env_steps = args.max_env_steps or cfg.training.total_env_steps
 
-    init_ray(cfg.task.family, num_cpus=args.num_cpus)
+    init_ray(cfg, num_cpus=args.num_cpus)
     metaray_config = build_algorithm_config(cfg)
     explore = cfg.evaluation.explore
     results = {}

@@ -39,8 +39,9 @@ def ray_session():
     import ray
 
     from metaray.cluster import init_ray
+    from metaray.config import ExperimentConfig
 
-    init_ray("bandit", num_cpus=2)
+    init_ray(ExperimentConfig(), num_cpus=2)
     yield ray
     ray.shutdown()
 

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from metaray.algorithm import build_algorithm_config
 from metaray.config import load_config
-from metaray.models import ARCHS
+from metaray.models.cores import CORES
+from metaray.rllib_config import build_algorithm_config
+
+ARCHS = CORES.names()
 
 TINY = [
     "training.train_batch_size=320", "training.minibatch_size=160", "training.num_epochs=1",

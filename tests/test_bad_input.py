@@ -43,7 +43,7 @@ def case_arguments(case, tmp_path, run):
         "wrong_type": (["--config", QUICKSTART, "--set", "training.total_env_steps=many"],
                        "training.total_env_steps must be int"),
         "unknown_family": (["--config", QUICKSTART, "--set", "task.family=no_such_family"],
-                           "unknown task family 'no_such_family'"),
+                           "task.family: cannot import 'no_such_family'"),
         "invalid_split": (["--config", QUICKSTART, "--set", "task.test_fraction=1.5"],
                           "task.test_fraction must be in (0, 1)"),
         "missing_run_folder": (["--resume", tmp_path / "no_such_run"], "no such run folder"),

@@ -5,8 +5,10 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from envs.bandit import _canonical_value
-from metaray.evaluation import adaptation_metrics, evaluate_baselines, evaluation_trials
+from metaray.baselines import evaluate_baselines
 from metaray.config import TaskConfig
+from metaray.rollouts import evaluation_trials
+from metaray.statistics import adaptation_metrics
 from metaray.tasks import load_family
 
 

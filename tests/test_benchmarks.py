@@ -25,8 +25,7 @@ def test_plain_env_replays_metaray_held_out_trials():
     trials = held_out_bandit_trials(cfg, 3)
     plain = PlainBanditEnv({"num_arms": 5, "pulls": 10})
     plain.trial_queue = list(trials)
-    trial_env = TrialEnv({"family": "bandit", "params": cfg.task.params, "episodes_per_trial": 10,
-                          "test_fraction": cfg.task.test_fraction, "split_seed": cfg.seed, "split": "train"})
+    trial_env = TrialEnv(TrialEnv.env_config(cfg.task, cfg.seed))
     trial_env.trial_queue = [("test", index) for index, _, _ in trials]
     actions = np.random.default_rng(0).integers(5, size=10)
     for index, _, _ in trials:

@@ -1,14 +1,18 @@
 """Config loading and validation: every error names its key and stops before Ray starts."""
 
+import dataclasses
+import os
+import re
 import subprocess
 import sys
+import typing
 
 import pytest
 
 from conftest import ROOT
 from envs import missing_extra
-from metaray.algorithm import check_family
-from metaray.config import ConfigError, ExperimentConfig, describe_options, load_config
+from metaray.config import ConfigError, ExperimentConfig, TrainingConfig, describe_options, load_config
+from metaray.validation import check_experiment, check_family
 
 
 def write(tmp_path, text):
@@ -22,7 +26,7 @@ def test_shipped_configs_are_valid(path):
     cfg = load_config(path)
     if extra := missing_extra(cfg.task.family):
         pytest.skip(f"{path.name} needs the {extra} extra: pip install 'metaray[{extra}]'")
-    check_family(cfg)
+    check_experiment(cfg)
 
 
 def test_defaults_and_overrides():
@@ -62,14 +66,14 @@ def test_int_is_accepted_for_float():
 )
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=None) as info:
-        load_config(None, overrides)
+        check_experiment(load_config(None, overrides))
     assert message in str(info.value)
 
 
 def test_family_params_are_checked():
     with pytest.raises(ConfigError, match="task.params.arms"):
         check_family(load_config(None, ["task.params={arms: 3}"]))
-    with pytest.raises(ConfigError, match="unknown task family 'nope'"):
+    with pytest.raises(ConfigError, match="task.family: cannot import 'nope'"):
         check_family(load_config(None, ["task.family=nope"]))
     with pytest.raises(ConfigError, match="unknown baseline 'oracle'"):
         check_family(load_config(None, ["evaluation.baselines=[random, oracle]"]))
@@ -84,7 +88,7 @@ def test_malformed_yaml(tmp_path):
 
 def test_help_lists_every_key_with_its_doc():
     lines = "\n".join(describe_options())
-    assert "training.lr (float, default 0.0003): Adam learning rate." in lines
+    assert "training.lr (float, > 0, default 0.0003): Adam learning rate." in lines
     assert "task.episodes_per_trial" in lines and "evaluation.final_num_trials" in lines
 
 
@@ -99,3 +103,41 @@ def test_launch_exits_2_before_ray_starts(tmp_path):
     assert "task.episodes_per_trial must be > 0" in proc.stderr
     assert "ray" not in proc.stderr.lower()  # failed before Ray was started
     assert not run_dir.exists()  # nothing written
+
+
+def _numeric_fields(cls=ExperimentConfig, prefix=""):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from _numeric_fields(hint, f"{prefix}{f.name}.")
+        elif {int, float} & {hint, *typing.get_args(hint), *(a for arg in typing.get_args(hint) for a in typing.get_args(arg))}:
+            yield f"{prefix}{f.name}", f
+
+
+def test_every_numeric_field_declares_its_range():
+    undeclared = [key for key, f in _numeric_fields() if not f.metadata.get("bounds")]
+    assert not undeclared
+
+
+@pytest.mark.parametrize("key", [key for key, _ in _numeric_fields()])
+def test_nan_and_infinity_are_refused_for_every_numeric_key(key):
+    for value in (".nan", ".inf"):
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            load_config(None, [f"{key}={value}"])
+
+
+def test_validation_needs_no_rllib():
+    code = ("import sys; from metaray.config import load_config; from metaray.validation import check_experiment; "
+            "check_experiment(load_config('configs/tabular_mdp_n10.yaml')); "
+            "print(sorted(m for m in sys.modules if m.startswith('ray.rllib')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}"}).stdout
+    assert out.strip() == "[]"
+
+
+def test_algorithm_choices_are_the_registry():
+    from metaray.rllib_config import ALGORITHMS
+
+    hint = typing.get_type_hints(TrainingConfig)["algorithm"]
+    assert typing.get_args(hint) == ALGORITHMS.names()

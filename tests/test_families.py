@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import warnings
-
+import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 
 from conftest import ROOT
 from envs import missing_extra
-from metaray.algorithm import trial_env_config
+from helpers import assert_split_disjoint_and_deterministic, checked, play_trial, trial_config
+from metaray.baselines import evaluate_baselines
 from metaray.config import TaskConfig, load_config
-from metaray.evaluation import adaptation_metrics, evaluate_baselines, evaluation_trials
+from metaray.rollouts import evaluation_trials
+from metaray.statistics import adaptation_metrics
 from metaray.tasks import TaskSplit, load_family
-from metaray.trial import TRIAL_INFO_KEY, TrialEnv, TrialRecord
+from metaray.trial import TrialEnv
 
 # (family, params, episodes per trial) of the families that need no optional dependency.
 CORE_FAMILIES = [
@@ -27,41 +27,6 @@ CORE_FAMILIES = [
     ("varied_physics", {"split_mode": "extrapolate"}, 2),
 ]
 CASE_IDS = [f"{name}-{'-'.join(map(str, params.values()))}" for name, params, _ in CORE_FAMILIES]
-
-
-def checked(env) -> None:
-    """check_env, with its warnings about unbounded Box spaces (the trial input is one) silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*infinity.*")
-        check_env(env, skip_render_check=True)
-
-
-def trial_config(name: str, params: dict, episodes: int, split: str = "train") -> dict:
-    return {"family": name, "params": params, "episodes_per_trial": episodes, "split": split}
-
-
-def play_trial(env: TrialEnv, seed: int) -> tuple[list[np.ndarray], TrialRecord]:
-    """One trial with actions drawn from a seeded action space; returns observations and record."""
-    env.action_space.seed(seed)
-    obs, _ = env.reset(seed=seed)
-    observations, done, info = [obs], False, {}
-    while not done:
-        obs, _, done, _, info = env.step(env.action_space.sample())
-        observations.append(obs)
-    return observations, info[TRIAL_INFO_KEY]
-
-
-def assert_split_disjoint_and_deterministic(family, num_train: int = 200, num_test: int = 40) -> None:
-    split = TaskSplit(family, test_fraction=0.2, seed=0)
-    rng = np.random.default_rng(1)
-    train_keys = {family.task_key(split.sample("train", rng)) for _ in range(num_train)}
-    test_tasks = [split.task_at("test", i) for i in range(num_test)]
-    assert all(split.split_of(t) == "test" for t in test_tasks)
-    assert not train_keys & {family.task_key(t) for t in test_tasks}
-    again = TaskSplit(family, test_fraction=0.2, seed=0)
-    assert [family.task_key(again.task_at("test", i)) for i in range(num_test)] == [
-        family.task_key(t) for t in test_tasks
-    ]
 
 
 @pytest.mark.parametrize("name,params,episodes", CORE_FAMILIES, ids=CASE_IDS)
@@ -191,10 +156,19 @@ def test_point_nav_clips_and_scales_actions():
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_config_builds_its_trial_env(path):
+def test_every_config_builds_its_trial_env_with_the_rl2_input_layout(path):
+    """[inner obs, previous action, previous reward, done flag]: a point of the inner space and
+    zeros before the first step, then the action taken and the (scaled) reward."""
     cfg = load_config(path)
     if extra := missing_extra(cfg.task.family):
         pytest.skip(f"{path.name} needs the {extra} extra: pip install 'metaray[{extra}]'")
-    env = TrialEnv(trial_env_config(cfg, split="test"))
+    env = TrialEnv(TrialEnv.env_config(cfg.task, cfg.seed, split="test"))
+    obs_dim = gym.spaces.flatdim(env.inner_obs_space)
     obs, _ = env.reset(seed=0)
-    assert env.observation_space.contains(obs)
+    assert env.inner_obs_space.contains(gym.spaces.unflatten(env.inner_obs_space, obs[:obs_dim]))
+    assert not obs[obs_dim:].any()
+    env.action_space.seed(0)
+    action = env.action_space.sample()
+    obs, reward, *_ = env.step(action)
+    np.testing.assert_allclose(obs[obs_dim:-2], gym.spaces.flatten(env.action_space, action), rtol=1e-6)
+    assert obs[-2] == pytest.approx(reward)  # the policy sees the reward the learner gets

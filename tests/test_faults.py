@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, launch_command, stop_process_group
+from helpers import trial_config
 from metaray.config import load_config
 from metaray.trial import TrialEnv
 
@@ -142,7 +143,7 @@ def test_non_finite_losses_are_named():
 
 
 def test_task_sampler_depends_only_on_seed_and_iteration():
-    config = {"family": "bandit", "params": {"num_arms": 3}, "episodes_per_trial": 1}
+    config = trial_config("bandit", {"num_arms": 3}, 1)
 
     def tasks_after_reseed(env, iteration):
         env.task_seed = [0, iteration, 1, 0]
@@ -162,8 +163,8 @@ def test_task_sampler_depends_only_on_seed_and_iteration():
 
 
 def test_training_loop_reseeds_every_env_from_seed_and_iteration(ray_session):
-    from metaray.algorithm import build_algorithm_config
-    from metaray.train import reseed_task_samplers
+    from metaray.rllib_config import build_algorithm_config
+    from metaray.rollouts import reseed_task_samplers
 
     cfg = load_config(ROOT / "configs/quickstart.yaml", [*TINY, "seed=5"])
     algo = build_algorithm_config(cfg).build_algo()

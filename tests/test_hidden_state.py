@@ -12,7 +12,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
 from conftest import ROOT
-from metaray.algorithm import build_algorithm_config
+from metaray.rllib_config import build_algorithm_config
 from metaray.config import load_config
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT
 from metaray.config import load_config
-from metaray.models import ARCHS
+from metaray.models.cores import CORES
 from metaray.train import train
 
 #: Env-step budgets: APPO (V-trace, no advantage standardisation) needs about twice PPO's.
@@ -31,7 +31,7 @@ LEARNING_SETTINGS = [
 
 @pytest.mark.learning
 @pytest.mark.parametrize("algorithm", ["PPO", "APPO"])
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", CORES.names())
 def test_learns_bandit_above_random(ray_session, tmp_path, arch, algorithm):
     cfg = load_config(ROOT / "configs" / "quickstart.yaml",
                       [f"model.arch={arch}", f"training.algorithm={algorithm}",

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from metaray.models import ARCHS, RecurrentMetaPolicy
+from metaray.models.cores import CORES
+from metaray.models.policy import RecurrentMetaPolicy
+
+ARCHS = CORES.names()
 
 OBS_DIM, NUM_ACTIONS, TRIAL_LEN = 8, 5, 23
 

@@ -71,14 +71,15 @@ def test_evaluation_is_deterministic(tiny_run, ray_session):
     """Same checkpoint, same split, same seed: the same numbers."""
     from ray.rllib.algorithms.algorithm import Algorithm
 
-    from metaray.evaluation import evaluate_meta_policy
+    from metaray.rollouts import evaluate_meta_policy
 
     summary = json.loads((tiny_run / "summary.json").read_text())
     algo = Algorithm.from_checkpoint(summary["checkpoint"])
     try:
-        first = evaluate_meta_policy(algo, 50, explore=False)
-        second = evaluate_meta_policy(algo, 50, explore=False)
+        first, env_steps = evaluate_meta_policy(algo, 50, explore=False)
+        second, _ = evaluate_meta_policy(algo, 50, explore=False)
     finally:
         algo.stop()
     assert first == second
+    assert env_steps == 2 * 50 * 10  # 50 trials of each split, 10 one-step pulls each
     assert first["test"]["trial_return_mean"] == pytest.approx(summary["eval"]["test"]["trial_return_mean"])

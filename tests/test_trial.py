@@ -5,16 +5,19 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from helpers import trial_config
+from metaray.config import TaskConfig
 from metaray.trial import TRIAL_INFO_KEY, TrialEnv
 
 DOUBLE = "doubles.py"  # loaded by file path, like a user's own family
 
 
-def make(episodes=2, box=False, **extra):
+def make(episodes=2, box=False, split="train", **task_settings):
     from conftest import ROOT
 
-    return TrialEnv({"family": str(ROOT / "tests" / DOUBLE), "params": {"length": 3, "box_actions": box},
-                     "episodes_per_trial": episodes, **extra})
+    task = TaskConfig(family=str(ROOT / "tests" / DOUBLE), params={"length": 3, "box_actions": box},
+                      episodes_per_trial=episodes, **task_settings)
+    return TrialEnv(TrialEnv.env_config(task, seed=0, split=split))
 
 
 @pytest.mark.parametrize("box", [False, True])
@@ -23,7 +26,7 @@ def test_check_env(box):
 
 
 def test_bandit_trial_env_passes_check_env():
-    check_env(TrialEnv({"family": "bandit", "params": {"num_arms": 5}, "episodes_per_trial": 10}),
+    check_env(TrialEnv(trial_config("bandit", {"num_arms": 5}, 10)),
               skip_render_check=True)
 
 

@@ -1,8 +1,11 @@
 """Typed experiment configuration: YAML in, validated dataclasses out.
 
 Every option lives in one dataclass tree rooted at :class:`ExperimentConfig`. Each field's
-``help`` metadata is what ``python launch.py --help`` prints, so the docs cannot drift from
-the defaults. All validation happens here, before Ray starts.
+``help`` metadata is what ``python launch.py --help`` prints, and its valid range is declared
+beside it (``gt``, ``ge``, ``lt``, ``le``), so neither can drift from the field. Ray workers get
+sections as plain dicts (:func:`dataclasses.asdict`) and rebuild them with :func:`from_dict`, so
+a default is written once, here. :func:`metaray.validation.check_experiment` adds the checks
+that need the task family or the memory core.
 
 Example:
     >>> cfg = load_config(None, ["task.episodes_per_trial=5", "training.lr=1e-3"])
@@ -13,12 +16,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Mapping, Optional, TypeVar
 
 import yaml
 
@@ -45,50 +50,61 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return where + (getattr(exc, "problem", None) or str(exc).splitlines()[0])
 
 
+T = TypeVar("T")
+
+
 class ConfigError(ValueError):
     """A configuration problem, with the offending dotted key in the message."""
 
 
-def _help(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text}, **kwargs)
+_BOUNDS = {"gt": (">", operator.gt), "ge": (">=", operator.ge), "lt": ("<", operator.lt), "le": ("<=", operator.le)}
+
+
+def _help(text: str, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
+          le: float | None = None, **kwargs: Any) -> Any:
+    """A field with its ``--help`` text and its valid range (checked by :func:`load_config`)."""
+    bounds = {name: bound for name, bound in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if bound is not None}
+    return field(metadata={"help": text, "bounds": bounds}, **kwargs)
 
 
 @dataclass
 class TaskConfig:
     family: str = _help(
-        "Task family: a module name in envs/ (e.g. 'bandit') or a dotted module path "
-        "importable from the working directory (e.g. 'my_tasks.coin').",
+        "Task family: a module name in envs/ (e.g. 'bandit'), a dotted module path importable "
+        "from the working directory (e.g. 'my_tasks.coin') or a file (e.g. 'my_tasks/coin.py').",
         default="bandit",
     )
     params: dict = _help("Keyword arguments of the family's constructor.", default_factory=dict)
     episodes_per_trial: int = _help(
-        "Episodes of one task in a trial (K); the hidden state lives across them.", default=10
+        "Episodes of one task in a trial (K); the hidden state lives across them.", default=10, gt=0
     )
     test_fraction: float = _help(
         "Share of the task space held out for evaluation (families with a fixed split ignore it).",
-        default=0.2,
+        default=0.2, gt=0, lt=1,
     )
     reward_scale: float = _help(
         "Multiplier on rewards seen by the learner and the policy input (metrics stay raw).",
-        default=1.0,
+        default=1.0, gt=0,
     )
 
 
 @dataclass
 class ModelConfig:
-    arch: Literal["gru", "lstm", "transformer"] = _help(
-        "Memory core of the meta-policy: 'gru', 'lstm', or 'transformer' (causal, attending "
-        "over a sliding window of the last model.context_len steps).",
+    arch: str = _help(
+        "Memory core of the meta-policy: a registered name (built in: 'gru', 'lstm', and "
+        "'transformer', causal over a sliding window of the last model.context_len steps) or "
+        "'FILE.py:NAME' / 'module:NAME' for a core registered in your own module "
+        "(docs/adding_a_memory_core.md).",
         default="gru",
     )
-    hidden_size: int = _help("Width of the recurrent state (the transformer's model width).", default=256)
+    hidden_size: int = _help("Width of the recurrent state (the transformer's model width).", default=256, gt=0)
     encoder_layers: list[int] = _help(
         "Widths of the MLP applied to the trial input before the recurrent core.",
-        default_factory=list,
+        default_factory=list, gt=0,
     )
     head_layers: list[int] = _help(
         "Widths of the MLP between the recurrent core and the policy/value heads.",
-        default_factory=list,
+        default_factory=list, gt=0,
     )
     separate_critic: bool = _help(
         "Give the value head its own encoder, memory core and head MLP instead of sharing the "
@@ -98,14 +114,14 @@ class ModelConfig:
     max_seq_len: int = _help(
         "Steps per training sequence (truncated BPTT); trials longer than this are chunked "
         "and the chunk's initial recurrent state comes from sampling.",
-        default=50,
+        default=50, gt=0,
     )
-    num_layers: int = _help("Stacked recurrent layers or transformer blocks.", default=1)
-    num_heads: int = _help("Attention heads (transformer only; must divide hidden_size).", default=4)
+    num_layers: int = _help("Stacked recurrent layers or transformer blocks.", default=1, gt=0)
+    num_heads: int = _help("Attention heads (transformer only; must divide hidden_size).", default=4, gt=0)
     context_len: int = _help(
         "Past steps each step attends to (transformer only); the window slides, so trials "
         "may be longer.",
-        default=32,
+        default=32, gt=0,
     )
 
 
@@ -117,27 +133,27 @@ class TrainingConfig:
         "learns asynchronously with remote learners).",
         default="PPO",
     )
-    total_env_steps: int = _help("Stop after this many sampled env steps.", default=1_000_000)
-    train_batch_size: int = _help("Env steps per training iteration (whole trials).", default=10_000)
-    minibatch_size: int = _help("Env steps per SGD minibatch.", default=2_000)
-    num_epochs: int = _help("SGD passes over each training batch.", default=4)
-    lr: float = _help("Adam learning rate.", default=3e-4)
-    gamma: float = _help("Discount within a trial (1.0 = undiscounted trial return).", default=0.99)
-    lambda_: float = _help("GAE lambda (PPO; APPO uses V-trace).", default=0.95)
-    clip_param: float = _help("PPO policy clip range.", default=0.2)
-    vf_loss_coeff: float = _help("Weight of the value loss.", default=0.5)
-    vf_clip_param: float = _help("Value-loss clip range (in return units; PPO only).", default=10.0)
-    entropy_coeff: float = _help("Weight of the entropy bonus.", default=0.01)
-    grad_clip: Optional[float] = _help("Global gradient-norm clip; null disables.", default=1.0)
+    total_env_steps: int = _help("Stop after this many sampled env steps.", default=1_000_000, gt=0, le=10**13)
+    train_batch_size: int = _help("Env steps per training iteration (whole trials).", default=10_000, gt=0)
+    minibatch_size: int = _help("Env steps per SGD minibatch.", default=2_000, gt=0)
+    num_epochs: int = _help("SGD passes over each training batch.", default=4, gt=0)
+    lr: float = _help("Adam learning rate.", default=3e-4, gt=0)
+    gamma: float = _help("Discount within a trial (1.0 = undiscounted trial return).", default=0.99, ge=0, le=1)
+    lambda_: float = _help("GAE lambda (PPO; APPO uses V-trace).", default=0.95, ge=0, le=1)
+    clip_param: float = _help("PPO policy clip range.", default=0.2, gt=0)
+    vf_loss_coeff: float = _help("Weight of the value loss.", default=0.5, ge=0)
+    vf_clip_param: float = _help("Value-loss clip range (in return units; PPO only).", default=10.0, gt=0)
+    entropy_coeff: float = _help("Weight of the entropy bonus.", default=0.01, ge=0)
+    grad_clip: Optional[float] = _help("Global gradient-norm clip; null disables.", default=1.0, gt=0)
 
 
 @dataclass
 class EnvRunnersConfig:
     num_env_runners: int = _help(
-        "Remote sampling actors; 0 samples in the driver process (serial/debug mode).", default=0
+        "Remote sampling actors; 0 samples in the driver process (serial/debug mode).", default=0, ge=0
     )
-    num_envs_per_env_runner: int = _help("Vectorised trial envs per runner.", default=64)
-    num_cpus_per_env_runner: float = _help("CPUs Ray reserves per env runner.", default=1.0)
+    num_envs_per_env_runner: int = _help("Vectorised trial envs per runner.", default=64, gt=0)
+    num_cpus_per_env_runner: float = _help("CPUs Ray reserves per env runner.", default=1.0, ge=0)
     whole_trials: bool = _help(
         "Sample whole trials only (RLlib batch_mode 'complete_episodes'; PPO only), so every "
         "training sequence starts at a trial's first step and, with model.max_seq_len >= the "
@@ -155,31 +171,31 @@ class EnvRunnersConfig:
         "(restarts are logged as fault/env_runner_restarts).",
         default=True,
     )
-    max_restarts: int = _help("Env runner restarts allowed over the whole run.", default=100)
+    max_restarts: int = _help("Env runner restarts allowed over the whole run.", default=100, ge=0)
     restart_delay_s: float = _help(
         "Seconds a failed env runner waits before it exits to be restarted (lets its logs drain).",
-        default=1.0,
+        default=1.0, ge=0,
     )
 
 
 @dataclass
 class LearnersConfig:
-    num_learners: int = _help("Remote learner actors (DDP); 0 learns in the driver.", default=0)
-    num_gpus_per_learner: float = _help("GPUs per learner (0 for CPU).", default=0.0)
+    num_learners: int = _help("Remote learner actors (DDP); 0 learns in the driver.", default=0, ge=0)
+    num_gpus_per_learner: float = _help("GPUs per learner (0 for CPU).", default=0.0, ge=0)
     num_cpus_per_learner: int = _help(
         "CPUs (torch threads) per learner, the driver's local learner included; more threads "
         "than free cores make OpenMP spin-wait against the env runners.",
-        default=1,
+        default=1, gt=0,
     )
 
 
 @dataclass
 class EvaluationConfig:
-    interval: int = _help("Evaluate every this many training iterations (and once at the end).", default=10)
-    num_trials: int = _help("Held-out (and training-split) trials per periodic evaluation.", default=200)
-    final_num_trials: int = _help("Trials per split in the final evaluation.", default=1000)
-    num_env_runners: int = _help("Remote evaluation actors; 0 evaluates in the driver.", default=0)
-    num_envs_per_env_runner: int = _help("Vectorised trial envs per evaluation runner.", default=64)
+    interval: int = _help("Evaluate every this many training iterations (and once at the end).", default=10, gt=0)
+    num_trials: int = _help("Held-out (and training-split) trials per periodic evaluation.", default=200, gt=0)
+    final_num_trials: int = _help("Trials per split in the final evaluation.", default=1000, gt=0)
+    num_env_runners: int = _help("Remote evaluation actors; 0 evaluates in the driver.", default=0, ge=0)
+    num_envs_per_env_runner: int = _help("Vectorised trial envs per evaluation runner.", default=64, gt=0)
     explore: bool = _help(
         "Sample actions during evaluation (True) or act greedily (False).", default=False
     )
@@ -192,13 +208,13 @@ class EvaluationConfig:
 @dataclass
 class ExperimentConfig:
     name: str = _help("Run name; the run folder is runs/<name>-<timestamp> by default.", default="metaray")
-    seed: int = _help("Seeds the task split, samplers and network initialisation.", default=0)
+    seed: int = _help("Seeds the task split, samplers and network initialisation.", default=0, ge=0)
     seeds: Optional[list[int]] = _help(
         "Train one run per seed (in place of `seed`) as Ray Tune trials and write an aggregate "
         "report across them; null trains `seed` alone.",
-        default=None,
+        default=None, ge=0,
     )
-    checkpoint_interval: int = _help("Checkpoint every this many iterations (0: only at the end).", default=10)
+    checkpoint_interval: int = _help("Checkpoint every this many iterations (0: only at the end).", default=10, ge=0)
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -210,71 +226,49 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
+def _bound_problem(value: Any, bounds: dict[str, float]) -> str | None:
+    """Why ``value`` breaks its declared range (or is not finite), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if {"gt", "lt"} <= bounds.keys() and not bounds["gt"] < value < bounds["lt"]:
+        return f"must be in ({bounds['gt']:g}, {bounds['lt']:g})"
+    if {"ge", "le"} <= bounds.keys() and not bounds["ge"] <= value <= bounds["le"]:
+        return f"must be in [{bounds['ge']:g}, {bounds['le']:g}]"
+    for name, bound in bounds.items():
+        symbol, holds = _BOUNDS[name]
+        if not holds(value, bound):
+            return f"must be {symbol} {bound:g}"
+    return None
+
+
+def _check_ranges(section: Any, prefix: str = "") -> None:
+    """Every field against the range declared beside it; lists element by element."""
+    for f in dataclasses.fields(section):
+        value, key = getattr(section, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, f"{key}.")
+            continue
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                problem = _bound_problem(item, f.metadata.get("bounds", {}))
+                if problem:
+                    raise ConfigError(f"{key} {problem}, got {value}")
+
+
 def _check_value(cfg: ExperimentConfig) -> None:
-    """Cross-field and range checks; the message names the offending key."""
-    positive = {
-        "task.episodes_per_trial": cfg.task.episodes_per_trial,
-        "model.hidden_size": cfg.model.hidden_size,
-        "training.total_env_steps": cfg.training.total_env_steps,
-        "training.train_batch_size": cfg.training.train_batch_size,
-        "training.minibatch_size": cfg.training.minibatch_size,
-        "training.num_epochs": cfg.training.num_epochs,
-        "training.lr": cfg.training.lr,
-        "env_runners.num_envs_per_env_runner": cfg.env_runners.num_envs_per_env_runner,
-        "evaluation.num_trials": cfg.evaluation.num_trials,
-        "evaluation.interval": cfg.evaluation.interval,
-        "model.max_seq_len": cfg.model.max_seq_len,
-        "model.num_layers": cfg.model.num_layers,
-        "model.num_heads": cfg.model.num_heads,
-        "model.context_len": cfg.model.context_len,
-        "evaluation.final_num_trials": cfg.evaluation.final_num_trials,
-        "evaluation.num_envs_per_env_runner": cfg.evaluation.num_envs_per_env_runner,
-        "task.reward_scale": cfg.task.reward_scale,
-        "learners.num_cpus_per_learner": cfg.learners.num_cpus_per_learner,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be > 0, got {value}")
-    non_negative = {
-        "env_runners.num_env_runners": cfg.env_runners.num_env_runners,
-        "learners.num_learners": cfg.learners.num_learners,
-        "learners.num_gpus_per_learner": cfg.learners.num_gpus_per_learner,
-        "evaluation.num_env_runners": cfg.evaluation.num_env_runners,
-        "checkpoint_interval": cfg.checkpoint_interval,
-        "training.entropy_coeff": cfg.training.entropy_coeff,
-        "training.vf_loss_coeff": cfg.training.vf_loss_coeff,
-        "env_runners.num_cpus_per_env_runner": cfg.env_runners.num_cpus_per_env_runner,
-        "env_runners.max_restarts": cfg.env_runners.max_restarts,
-        "env_runners.restart_delay_s": cfg.env_runners.restart_delay_s,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"{key} must be >= 0, got {value}")
-    if not 0.0 < cfg.task.test_fraction < 1.0:
-        raise ConfigError(f"task.test_fraction must be in (0, 1), got {cfg.task.test_fraction}")
-    for key in ("gamma", "lambda_"):
-        value = getattr(cfg.training, key)
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"training.{key} must be in [0, 1], got {value}")
+    """Declared ranges, then the cross-field checks; the message names the offending key."""
+    _check_ranges(cfg)
     if cfg.training.minibatch_size > cfg.training.train_batch_size:
         raise ConfigError(
             f"training.minibatch_size ({cfg.training.minibatch_size}) must not exceed "
             f"training.train_batch_size ({cfg.training.train_batch_size})"
         )
-    if cfg.training.grad_clip is not None and cfg.training.grad_clip <= 0:
-        raise ConfigError(f"training.grad_clip must be > 0 or null, got {cfg.training.grad_clip}")
-    if any(w <= 0 for w in cfg.model.encoder_layers + cfg.model.head_layers):
-        raise ConfigError("model.encoder_layers and model.head_layers must hold positive widths")
     if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)):
         raise ConfigError(f"seeds must be a non-empty list of distinct integers or null, got {cfg.seeds}")
     for resource, amount in cfg.env_runners.custom_resources.items():
-        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount < math.inf:
             raise ConfigError(f"env_runners.custom_resources.{resource} must be a number > 0, got {amount!r}")
-    if cfg.model.arch == "transformer" and cfg.model.hidden_size % cfg.model.num_heads:
-        raise ConfigError(
-            f"model.num_heads ({cfg.model.num_heads}) must divide model.hidden_size "
-            f"({cfg.model.hidden_size}) for the transformer"
-        )
     if cfg.env_runners.whole_trials and cfg.training.algorithm != "PPO":
         raise ConfigError(
             f"env_runners.whole_trials needs training.algorithm PPO, got {cfg.training.algorithm!r} "
@@ -318,6 +312,22 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+def from_dict(cls: type[T], data: Mapping[str, Any], ignore_unknown: bool = False) -> T:
+    """Rebuild a config section from its :func:`dataclasses.asdict` form (as Ray workers get it).
+
+    Missing keys take the dataclass defaults, so no reader restates one; ``ignore_unknown``
+    drops keys that are not fields (RLlib adds its own to a module's model config).
+
+    Example:
+        >>> from_dict(TaskConfig, {"family": "bandit", "episodes_per_trial": 5}).episodes_per_trial
+        5
+    """
+    if ignore_unknown:
+        names = {f.name for f in dataclasses.fields(cls)}
+        data = {key: value for key, value in data.items() if key in names}
+    return _build(cls, dict(data))
+
+
 def _build(cls: type, data: Any, prefix: str = "") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
@@ -352,16 +362,18 @@ def _set_dotted(data: dict, assignment: str) -> None:
 
 
 def load_config(path: Optional[str | Path], overrides: list[str] = ()) -> ExperimentConfig:
-    """Read a YAML config, apply ``dotted.key=value`` overrides and validate everything."""
+    """Read a YAML config, apply ``dotted.key=value`` overrides, check types and ranges."""
     data: Any = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = _parse_yaml(path.read_text()) or {}
+            data = _parse_yaml(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML ({_yaml_problem(exc)})") from None
+        if data is None:
+            raise ConfigError(f"{path} is empty; a config names at least task.family (see configs/)")
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping at the top level")
     for assignment in overrides:
@@ -382,5 +394,6 @@ def describe_options(cls: type = ExperimentConfig, prefix: str = "") -> list[str
             lines.extend(describe_options(hints[f.name], f"{key}."))
             continue
         type_name = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
-        lines.append(f"  {key} ({type_name}, default {getattr(default, f.name)!r}): {f.metadata['help']}")
+        bounds = "".join(f", {_BOUNDS[name][0]} {bound:g}" for name, bound in f.metadata.get("bounds", {}).items())
+        lines.append(f"  {key} ({type_name}{bounds}, default {getattr(default, f.name)!r}): {f.metadata['help']}")
     return lines

@@ -15,8 +15,8 @@ seeds, uncertainty across seeds).
 Example:
     >>> from metaray.trial import TrialRecord
     >>> records = {
-    ...     "meta-policy": [TrialRecord("test", i, (0.0, 1.0), None) for i in range(4)],
-    ...     "random": [TrialRecord("test", i, (0.5, 0.5), None) for i in range(4)],
+    ...     "meta-policy": [TrialRecord("test", i, (0.0, 1.0), None, 2) for i in range(4)],
+    ...     "random": [TrialRecord("test", i, (0.5, 0.5), None, 2) for i in range(4)],
     ... }
     >>> summary = checkpoint_summary(records, {"name": "demo", "split": "test"})
     >>> summary["regret"]["reference"], summary["regret"]["mean"]
@@ -31,7 +31,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from metaray.evaluation import across_seeds, adaptation_metrics, best_baseline, paired_regret, sample_statistics
+from metaray.figures import adaptation_figure, returns_figure, save_figure
+from metaray.statistics import across_seeds, adaptation_metrics, best_baseline, paired_regret, sample_statistics
 from metaray.trial import TrialRecord
 
 META_POLICY = "meta-policy"
@@ -161,29 +162,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def returns_figure(samples: Mapping[str, Sequence[float]], unit: str):
-    """Box plot of trial return per policy, every task (or seed) drawn as a point."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(samples)), 4), dpi=100)
-    ax.boxplot(list(samples.values()), showmeans=True, showfliers=False)
-    jitter = np.random.default_rng(0)
-    for i, values in enumerate(samples.values(), start=1):
-        ax.scatter(i + jitter.uniform(-0.15, 0.15, len(values)), values, s=4, alpha=0.3)
-    ax.set_xticks(range(1, len(samples) + 1), list(samples), rotation=20, fontsize=8)
-    ax.set_ylabel("trial return" if unit == "across tasks" else "mean trial return of a seed")
-    ax.set_title("trial return per task" if unit == "across tasks" else "mean trial return per seed")
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    return fig
-
-
 def write_report(summary: Mapping[str, Any], out_dir: Path) -> Path:
     """Write summary.json, report.md and the PNGs into ``out_dir``; returns report.md's path."""
-    import matplotlib.pyplot as plt
-
-    from metaray.tracking import adaptation_figure
-
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     policies = summary["policies"]
@@ -192,11 +172,8 @@ def write_report(summary: Mapping[str, Any], out_dir: Path) -> Path:
         f"{summary['name']}: adaptation on the {summary['split']} split (95% CI {summary['uncertainty']})",
         {name: m["return_by_episode_ci95"] for name, m in policies.items()},
     )
-    fig.savefig(out_dir / ADAPTATION_PNG)
-    plt.close(fig)
-    fig = returns_figure(summary["samples"], summary["uncertainty"])
-    fig.savefig(out_dir / RETURNS_PNG)
-    plt.close(fig)
+    save_figure(fig, out_dir / ADAPTATION_PNG)
+    save_figure(returns_figure(summary["samples"], summary["uncertainty"]), out_dir / RETURNS_PNG)
     report = out_dir / "report.md"
     report.write_text(render_markdown(summary))
     return report

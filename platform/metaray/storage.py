@@ -36,6 +36,23 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+#: Files an RLlib Algorithm checkpoint (new API stack) must have for evaluation.
+_CHECKPOINT_PARTS = ("rllib_checkpoint.json", "learner_group")
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """An Algorithm checkpoint folder, or a run folder's latest complete checkpoint."""
+    if (path / "checkpoints").is_dir():
+        checkpoint = latest_checkpoint(path)
+        if checkpoint is None:
+            raise ConfigError(f"--checkpoint {path}: run folder without a complete checkpoint")
+        return checkpoint
+    missing = [part for part in _CHECKPOINT_PARTS if not (path / part).exists()]
+    if missing:
+        raise ConfigError(f"--checkpoint {path}: not an RLlib checkpoint folder (no {', '.join(missing)})")
+    return path
+
+
 def _filesystem(uri: str, option: str) -> tuple[pyarrow.fs.FileSystem, str]:
     try:
         return pyarrow.fs.FileSystem.from_uri(uri)

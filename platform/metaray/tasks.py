@@ -9,8 +9,7 @@ reproducible, never overlap, and work the same for finite and continuous task sp
 sampling from a split is rejection sampling from the family's distribution.
 
 Example:
-    >>> family = load_family("bandit", {"num_arms": 5})
-    >>> split = TaskSplit(family, test_fraction=0.2, seed=0)
+    >>> split = TaskSplit.from_config(TaskConfig(family="bandit", params={"num_arms": 5}), seed=0)
     >>> task = split.task_at("test", 3)
     >>> split.split_of(task)
     'test'
@@ -19,19 +18,15 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import inspect
-import sys
 from abc import ABC, abstractmethod
-from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable, Literal, Mapping, Protocol
 
 import gymnasium as gym
 import numpy as np
 
-from metaray.config import ConfigError
+from metaray.config import ConfigError, TaskConfig
+from metaray.plugins import import_module_ref
 
 Split = Literal["train", "test"]
 SPLITS: tuple[Split, ...] = ("train", "test")
@@ -129,6 +124,11 @@ class TaskSplit:
         self.test_fraction = test_fraction
         self.seed = seed
 
+    @classmethod
+    def from_config(cls, task: TaskConfig, seed: int) -> TaskSplit:
+        """The split of an experiment: training envs, evaluation and baselines all use this."""
+        return cls(load_family(task.family, task.params), task.test_fraction, seed)
+
     def split_of(self, task: Any) -> Split:
         fixed = self.family.fixed_split(task)
         if fixed is not None:
@@ -159,27 +159,6 @@ class TaskSplit:
         return np.random.default_rng([self.seed, _SPLIT_IDS[split], index, stream])
 
 
-def _import_family_module(name: str) -> ModuleType:
-    """``envs.<name>`` for a bare name, a file for ``*.py``, else the dotted module."""
-    if name.endswith(".py"):
-        path = Path(name)
-        if not path.is_file():  # on a worker the file arrives as a top-level module
-            return importlib.import_module(path.stem)
-        if path.stem not in sys.modules:
-            spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[path.stem] = module
-            spec.loader.exec_module(module)
-        return sys.modules[path.stem]
-    module_name = name if "." in name else f"envs.{name}"
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise ConfigError(f"task.family: unknown task family {name!r} (no module {module_name})") from None
-        raise
-
-
 def load_family(name: str, params: Mapping[str, Any] | None = None) -> TaskFamily:
     """Import a family module and construct its TaskFamily with ``params``.
 
@@ -187,7 +166,7 @@ def load_family(name: str, params: Mapping[str, Any] | None = None) -> TaskFamil
     a name ending in ``.py`` is a file path (for a family kept outside the repository).
     The module must define exactly one TaskFamily subclass (or a ``FAMILY`` attribute).
     """
-    module = _import_family_module(name)
+    module = import_module_ref(name, "task.family", default_package="envs")
     module_name = module.__name__
     family_cls = getattr(module, "FAMILY", None)
     if family_cls is None:

@@ -21,14 +21,11 @@ import math
 import time
 from typing import Any, Mapping
 
-from metaray.evaluation import best_baseline
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
-from torch.utils.tensorboard.summary import hparams  # noqa: E402
+from metaray.figures import adaptation_figure
+from metaray.statistics import best_baseline
 
 #: Custom Scalars dashboard: {category: {chart: [kind, tag regexes]}}.
 CUSTOM_SCALARS_LAYOUT = {
@@ -53,27 +50,6 @@ CUSTOM_SCALARS_LAYOUT = {
 #: Final metrics shown beside the hyper-parameters in the HParams dashboard.
 HPARAM_METRICS = ("eval_test/trial_return_mean", "eval_train/trial_return_mean", "eval_test/trial_return_iqm",
                   "eval_test/adaptation_gain", "eval_test/regret_vs_best_baseline")
-
-
-def adaptation_figure(curves: Mapping[str, list[float]], title: str,
-                      bands: Mapping[str, list[list[float]]] | None = None):
-    """A line per curve: mean return of the i-th episode of a trial, with an optional
-    shaded 95% confidence band per curve (``bands[label][i] = [low, high]``)."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for label, curve in curves.items():
-        style = "-o" if label.startswith("meta-policy") else "--"
-        episodes = range(1, len(curve) + 1)
-        (line,) = ax.plot(episodes, curve, style, label=label, markersize=3)
-        if bands and label in bands:
-            low, high = zip(*bands[label])
-            ax.fill_between(episodes, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
-    ax.set_xlabel("episode of the trial")
-    ax.set_ylabel("mean episode return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
 
 
 class RunLogger:
@@ -133,8 +109,7 @@ class RunLogger:
             best = baselines[best_baseline(baselines)]["trial_return_mean"]
             self.writer.add_scalar("eval_test/regret_vs_best_baseline", best - report["test"]["trial_return_mean"], step)
         fig = adaptation_figure(curves, f"adaptation after {step:,} env steps", bands)
-        self.writer.add_figure("adaptation_curve", fig, step)
-        plt.close(fig)
+        self.writer.add_figure("adaptation_curve", fig, step)  # closes the figure
         self.writer.flush()
 
     def hyperparameters(self, config: Mapping[str, Any]) -> None:

@@ -23,20 +23,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ray
 import torch
 import yaml
 from ray.rllib.utils.metrics import FAULT_TOLERANCE_STATS
 
-from metaray.algorithm import NON_FINITE_TRIALS, build_algorithm_config
+from metaray.baselines import baseline_metrics
 from metaray.config import ExperimentConfig
-from metaray.evaluation import (
+from metaray.rllib_config import NON_FINITE_TRIALS, build_algorithm_config
+from metaray.rollouts import (
     ADAPTATION_KEY,
-    adaptation_metrics,
-    evaluate_baselines,
+    env_runner_nodes,
     evaluate_meta_policy,
     evaluation_trials,
-    foreach_sampling_env_runner,
+    reseed_task_samplers,
 )
 from metaray.storage import STATE_FILE, RunMirror, latest_checkpoint
 from metaray.tracking import RunLogger
@@ -82,20 +81,6 @@ def check_env_runners_alive(result: dict[str, Any], cfg: ExperimentConfig, itera
                             f"env_runners.restart_failed={runners.restart_failed})")
 
 
-def reseed_task_samplers(env_runner_group, seed: int, iteration: int) -> None:
-    """Give every training env a task RNG seeded from (seed, iteration, runner, env)."""
-    def reseed(env_runner):
-        seeds = [[seed, iteration, env_runner.worker_index, i] for i in range(env_runner.num_envs)]
-        env_runner.env.unwrapped.set_attr("task_seed", seeds)
-
-    foreach_sampling_env_runner(env_runner_group, reseed)
-
-
-def env_runner_nodes(env_runner_group) -> list[str]:
-    """Ray node id of every training env runner (the driver's node when sampling locally)."""
-    return foreach_sampling_env_runner(env_runner_group, lambda _: ray.get_runtime_context().get_node_id())
-
-
 def save_config(cfg: ExperimentConfig, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -118,9 +103,7 @@ def _save_checkpoint(algo, run_dir: Path, state: dict[str, Any], logger: RunLogg
 
 
 def run_baselines(cfg: ExperimentConfig, num_trials: int) -> dict[str, dict[str, Any]]:
-    trials = evaluation_trials("test", num_trials)
-    records = evaluate_baselines(cfg.task, cfg.evaluation.baselines, trials, cfg.seed)
-    return {name: adaptation_metrics(recs) for name, recs in records.items()}
+    return baseline_metrics(cfg.task, cfg.evaluation.baselines, evaluation_trials("test", num_trials), cfg.seed)
 
 
 def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, mirror: RunMirror | None = None) -> dict[str, Any]:
@@ -178,7 +161,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, mirror: Ru
                              f"last good checkpoint: {last or 'none'}") from None
 
     print(f"final evaluation on {cfg.evaluation.final_num_trials} trials per split ...", flush=True)
-    report = evaluate_meta_policy(algo, cfg.evaluation.final_num_trials, cfg.evaluation.explore)
+    report, _ = evaluate_meta_policy(algo, cfg.evaluation.final_num_trials, cfg.evaluation.explore)
     baselines = run_baselines(cfg, cfg.evaluation.final_num_trials)
     logger.evaluation(state["env_steps"], report, baselines)
     logger.hyperparameters(cfg.to_dict())

@@ -12,7 +12,8 @@ trial's last step holds per-inner-episode returns (and successes where the famil
 them) for the metrics.
 
 Example:
-    >>> env = TrialEnv({"family": "bandit", "params": {"num_arms": 5}, "episodes_per_trial": 10})
+    >>> task = TaskConfig(family="bandit", params={"num_arms": 5}, episodes_per_trial=10)
+    >>> env = TrialEnv(TrialEnv.env_config(task, seed=0))
     >>> obs, info = env.reset(seed=0)
     >>> obs.shape  # 1 (bandit obs) + 5 (one-hot previous arm) + reward + done
     (8,)
@@ -20,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -27,7 +29,8 @@ from typing import Any, Mapping, Sequence
 import gymnasium as gym
 import numpy as np
 
-from metaray.tasks import SPLITS, Split, TaskFamily, TaskSplit, TrialPolicy, load_family
+from metaray.config import TaskConfig, from_dict
+from metaray.tasks import SPLITS, Split, TaskFamily, TaskSplit, TrialPolicy
 
 TRIAL_INFO_KEY = "metaray_trial"
 
@@ -40,6 +43,7 @@ class TrialRecord:
     index: int  # position in the split's evaluation sequence; -1 for sampled trials
     episode_returns: tuple[float, ...]
     episode_successes: tuple[bool, ...] | None  # None when the family defines no success
+    num_steps: int  # env steps of the whole trial
 
 
 class _EpisodeTally:
@@ -49,11 +53,13 @@ class _EpisodeTally:
         self.returns: list[float] = []
         self.successes: list[bool] = []
         self.has_success = False
+        self.num_steps = 0
         self._return = 0.0
         self._success = False
 
     def step(self, reward: float, info: Mapping[str, Any], episode_done: bool) -> None:
         self._return += float(reward)
+        self.num_steps += 1
         if "success" in info:
             self.has_success = True
             self._success = self._success or bool(info["success"])
@@ -64,7 +70,7 @@ class _EpisodeTally:
 
     def record(self, split: str, index: int) -> TrialRecord:
         return TrialRecord(
-            split, index, tuple(self.returns), tuple(self.successes) if self.has_success else None
+            split, index, tuple(self.returns), tuple(self.successes) if self.has_success else None, self.num_steps
         )
 
 
@@ -72,23 +78,26 @@ class TrialEnv(gym.Env):
     """Wraps a task family's env so that one episode is one RL² trial.
 
     Args:
-        config: ``family`` and ``params`` (see :func:`metaray.tasks.load_family`),
-            ``episodes_per_trial``, ``split`` ("train" or "test") sampled during training,
-            ``test_fraction`` and ``split_seed`` defining the split, ``reward_scale``.
+        config: what :meth:`env_config` returns (RLlib hands it to every env runner).
     """
 
     metadata = {"render_modes": []}
 
+    @staticmethod
+    def env_config(task: TaskConfig, seed: int, split: Split = "train") -> dict[str, Any]:
+        """The env config of an experiment's trial envs, as plain data for Ray workers:
+        the task section, the seed that defines the split, and the split sampled in training."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return {"task": dataclasses.asdict(task), "seed": seed, "split": split}
+
     def __init__(self, config: Mapping[str, Any]):
-        self.family: TaskFamily = load_family(config["family"], config.get("params"))
-        self.split = TaskSplit(
-            self.family, config.get("test_fraction", 0.2), config.get("split_seed", 0)
-        )
-        self.sample_split: Split = config.get("split", "train")
-        if self.sample_split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {self.sample_split!r}")
-        self.episodes_per_trial = int(config.get("episodes_per_trial", 1))
-        self.reward_scale = float(config.get("reward_scale", 1.0))
+        self.task_config = from_dict(TaskConfig, config["task"])
+        self.split = TaskSplit.from_config(self.task_config, config["seed"])
+        self.family: TaskFamily = self.split.family
+        self.sample_split: Split = config["split"]
+        self.episodes_per_trial = self.task_config.episodes_per_trial
+        self.reward_scale = self.task_config.reward_scale
         self.inner = self.family.make_env()
         self.inner_obs_space = self.inner.observation_space
         self.action_space = self.inner.action_space

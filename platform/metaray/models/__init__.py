@@ -1,6 +1,2 @@
-"""Meta-policy RLModules: memory cores (:mod:`.cores`) and the policy module (:mod:`.policy`)."""
-
-from metaray.models.cores import ARCHS, build_core
-from metaray.models.policy import RecurrentMetaPolicy
-
-__all__ = ["ARCHS", "RecurrentMetaPolicy", "build_core"]
+"""Meta-policy RLModules: memory cores (:mod:`.cores`, torch only) and the policy module
+(:mod:`.policy`, RLlib); import each from its module, so validating a core needs no RLlib."""

@@ -6,8 +6,11 @@ chunk's last step. Feeding a trial in one chunk or step by step, passing the sta
 gives the same outputs: that is what lets RLlib sample one step at a time and train on
 ``max_seq_len`` chunks whose initial state comes from sampling.
 
+Cores are found by name in :data:`CORES` (``model.arch``); registering a class of your own
+there adds a core without touching metaray (docs/adding_a_memory_core.md).
+
 Example:
-    >>> core = TransformerCore(in_size=4, hidden_size=8, num_layers=1, num_heads=2, context_len=3)
+    >>> core = TransformerCore(4, ModelConfig(hidden_size=8, num_layers=1, num_heads=2, context_len=3))
     >>> state = {k: torch.from_numpy(v)[None] for k, v in core.initial_state().items()}
     >>> out, state = core(torch.zeros(1, 5, 4), state)
     >>> tuple(out.shape), tuple(state["memory"].shape)
@@ -23,11 +26,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-ARCHS = ("gru", "lstm", "transformer")
+from metaray.config import ConfigError, ModelConfig
+from metaray.plugins import Registry
 
 
 class MemoryCore(nn.Module, abc.ABC):
-    """Sequence model whose memory RLlib carries between chunks as the module state."""
+    """Sequence model whose memory RLlib carries between chunks as the module state.
+
+    Constructed as ``cls(in_size, model)`` with the typed :class:`ModelConfig`; its outputs
+    are ``model.hidden_size`` wide.
+    """
+
+    @classmethod
+    def check_config(cls, model: ModelConfig) -> None:
+        """Raise ConfigError for settings this core cannot use (called before Ray starts)."""
 
     @abc.abstractmethod
     def initial_state(self) -> dict[str, np.ndarray]:
@@ -40,13 +52,18 @@ class MemoryCore(nn.Module, abc.ABC):
         """Outputs for every step of ``x`` and the state after its last step."""
 
 
+#: Memory cores by ``model.arch`` name.
+CORES: Registry[type[MemoryCore]] = Registry("model.arch")
+
+
+@CORES.register("gru")
 class GRUCore(MemoryCore):
     """Stacked GRU; state ``h`` is ``[num_layers, hidden_size]`` per trial."""
 
-    def __init__(self, in_size: int, hidden_size: int, num_layers: int):
+    def __init__(self, in_size: int, model: ModelConfig):
         super().__init__()
-        self.shape = (num_layers, hidden_size)
-        self.rnn = nn.GRU(in_size, hidden_size, num_layers, batch_first=True)
+        self.shape = (model.num_layers, model.hidden_size)
+        self.rnn = nn.GRU(in_size, model.hidden_size, model.num_layers, batch_first=True)
 
     def initial_state(self) -> dict[str, np.ndarray]:
         return {"h": np.zeros(self.shape, np.float32)}
@@ -57,13 +74,14 @@ class GRUCore(MemoryCore):
         return out, {"h": h.transpose(0, 1)}
 
 
+@CORES.register("lstm")
 class LSTMCore(MemoryCore):
     """Stacked LSTM; states ``h`` and ``c`` are ``[num_layers, hidden_size]`` per trial."""
 
-    def __init__(self, in_size: int, hidden_size: int, num_layers: int):
+    def __init__(self, in_size: int, model: ModelConfig):
         super().__init__()
-        self.shape = (num_layers, hidden_size)
-        self.rnn = nn.LSTM(in_size, hidden_size, num_layers, batch_first=True)
+        self.shape = (model.num_layers, model.hidden_size)
+        self.rnn = nn.LSTM(in_size, model.hidden_size, model.num_layers, batch_first=True)
 
     def initial_state(self) -> dict[str, np.ndarray]:
         return {"h": np.zeros(self.shape, np.float32), "c": np.zeros(self.shape, np.float32)}
@@ -100,6 +118,7 @@ class _Block(nn.Module):
         return h + self.mlp(self.norm_mlp(h))
 
 
+@CORES.register("transformer")
 class TransformerCore(MemoryCore):
     """Causal transformer over a sliding window of the last ``context_len`` steps.
 
@@ -114,14 +133,20 @@ class TransformerCore(MemoryCore):
     ``num_layers * context_len * hidden_size`` floats per env step.
     """
 
-    def __init__(self, in_size: int, hidden_size: int, num_layers: int, num_heads: int, context_len: int):
+    def __init__(self, in_size: int, model: ModelConfig):
         super().__init__()
-        self.context_len = context_len
-        self.memory_shape = (num_layers, context_len, hidden_size)
-        self.embed = nn.Linear(in_size, hidden_size)
-        self.blocks = nn.ModuleList(_Block(hidden_size, num_heads) for _ in range(num_layers))
-        self.distance_bias = nn.Parameter(torch.zeros(num_heads, context_len + 1))
-        self.norm_out = nn.LayerNorm(hidden_size)
+        self.context_len = model.context_len
+        self.memory_shape = (model.num_layers, model.context_len, model.hidden_size)
+        self.embed = nn.Linear(in_size, model.hidden_size)
+        self.blocks = nn.ModuleList(_Block(model.hidden_size, model.num_heads) for _ in range(model.num_layers))
+        self.distance_bias = nn.Parameter(torch.zeros(model.num_heads, model.context_len + 1))
+        self.norm_out = nn.LayerNorm(model.hidden_size)
+
+    @classmethod
+    def check_config(cls, model: ModelConfig) -> None:
+        if model.hidden_size % model.num_heads:
+            raise ConfigError(f"model.num_heads ({model.num_heads}) must divide model.hidden_size "
+                              f"({model.hidden_size}) for the transformer")
 
     def initial_state(self) -> dict[str, np.ndarray]:
         return {
@@ -154,16 +179,6 @@ class TransformerCore(MemoryCore):
         return self.norm_out(h), {"memory": torch.stack(new_memory, 1), "valid": new_valid}
 
 
-def build_core(arch: str, in_size: int, model_config: dict) -> MemoryCore:
-    """The core named by ``arch`` with sizes from a :class:`metaray.config.ModelConfig` dict."""
-    hidden = int(model_config.get("hidden_size", 256))
-    layers = int(model_config.get("num_layers", 1))
-    if arch == "gru":
-        return GRUCore(in_size, hidden, layers)
-    if arch == "lstm":
-        return LSTMCore(in_size, hidden, layers)
-    if arch == "transformer":
-        return TransformerCore(
-            in_size, hidden, layers, int(model_config.get("num_heads", 4)), int(model_config.get("context_len", 32))
-        )
-    raise ValueError(f"unknown model.arch {arch!r} (choose from {', '.join(ARCHS)})")
+def build_core(in_size: int, model: ModelConfig) -> MemoryCore:
+    """The core ``model.arch`` names, for inputs ``in_size`` wide."""
+    return CORES.get(model.arch)(in_size, model)

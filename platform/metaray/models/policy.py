@@ -43,6 +43,7 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.typing import NetworkType, TensorType
 
+from metaray.config import ModelConfig, from_dict
 from metaray.models.cores import build_core
 
 
@@ -57,13 +58,11 @@ def _mlp(in_size: int, widths: list[int]) -> tuple[nn.Module, int]:
 class _Torso(nn.Module):
     """Encoder MLP -> memory core -> head MLP: trial inputs to shared features."""
 
-    def __init__(self, in_size: int, model_config: dict):
+    def __init__(self, in_size: int, model: ModelConfig):
         super().__init__()
-        self.encoder, in_size = _mlp(in_size, list(model_config.get("encoder_layers", [])))
-        self.core = build_core(model_config.get("arch", "gru"), in_size, model_config)
-        self.head, self.out_size = _mlp(
-            int(model_config.get("hidden_size", 256)), list(model_config.get("head_layers", []))
-        )
+        self.encoder, in_size = _mlp(in_size, model.encoder_layers)
+        self.core = build_core(in_size, model)
+        self.head, self.out_size = _mlp(model.hidden_size, model.head_layers)
 
     def forward(self, obs: TensorType, state: dict[str, TensorType]) -> tuple[TensorType, dict[str, TensorType]]:
         core_out, state_out = self.core(self.encoder(obs.float()), state)
@@ -82,13 +81,15 @@ def _as_critic_state(state: dict[str, Any]) -> dict[str, Any]:
 
 
 class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
-    """Meta-policy; ``model_config`` keys mirror :class:`metaray.config.ModelConfig`."""
+    """Meta-policy; ``model_config`` is a :class:`metaray.config.ModelConfig` as a dict (RLlib
+    adds keys of its own, which are ignored), rebuilt here as :attr:`model`."""
 
     @override(TorchRLModule)
     def setup(self):
+        self.model = from_dict(ModelConfig, self.model_config, ignore_unknown=True)
         in_size = int(np.prod(self.observation_space.shape))
-        self.torso = _Torso(in_size, self.model_config)
-        self.critic_torso = _Torso(in_size, self.model_config) if self.model_config.get("separate_critic") else None
+        self.torso = _Torso(in_size, self.model)
+        self.critic_torso = _Torso(in_size, self.model) if self.model.separate_critic else None
         if isinstance(self.action_space, gym.spaces.Discrete):
             num_outputs = int(self.action_space.n)
         elif isinstance(self.action_space, gym.spaces.Box):

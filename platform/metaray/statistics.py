@@ -1,10 +1,7 @@
-"""Adaptation evaluation on fixed, paired trials of the held-out and training splits.
+"""Statistics of adaptation: per-trial metrics, bootstrap confidence intervals, IQM, regret.
 
-Evaluation trial ``i`` of a split is always the same task with the same inner-env seed
-(:meth:`metaray.tasks.TaskSplit.task_at` and ``trial_seed``), so the meta-policy, every
-baseline and every later checkpoint are compared on exactly the same trials. The trials are
-dealt out to the evaluation EnvRunners (one queue per vectorised env) and sampled with RLlib's
-own ``EnvRunner.sample``; the trial env records each finished trial's per-episode returns.
+Pure numpy; every function takes finished :class:`~metaray.trial.TrialRecord` objects or the
+metric dicts they produce, so reports, TensorBoard logging and tests share one implementation.
 """
 
 from __future__ import annotations
@@ -13,56 +10,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from metaray.tasks import SPLITS, Split, TaskSplit, load_family
-from metaray.trial import TRIAL_INFO_KEY, TrialRecord, run_policy_trial
-
-#: Key of the adaptation report in RLlib's evaluation results.
-ADAPTATION_KEY = "adaptation"
-
-
-def evaluation_trials(split: Split, num_trials: int) -> list[tuple[Split, int]]:
-    return [(split, i) for i in range(num_trials)]
-
-
-def _sample_assigned_trials(env_runner, trials: Sequence[tuple[str, int]], explore: bool) -> list[TrialRecord]:
-    """Runs on one EnvRunner: plays its share of trials, returns their records."""
-    num_envs = env_runner.num_envs
-    env_runner.env.unwrapped.set_attr("trial_queue", [list(trials[j::num_envs]) for j in range(num_envs)])
-    wanted = set(trials)
-    records: dict[tuple[str, int], TrialRecord] = {}
-    while len(records) < len(wanted):
-        episodes = env_runner.sample(num_episodes=len(wanted) - len(records), explore=explore)
-        for episode in episodes:
-            if not episode.is_done:
-                continue
-            record: TrialRecord = episode.get_infos(-1)[TRIAL_INFO_KEY]
-            if (record.split, record.index) in wanted:
-                records[(record.split, record.index)] = record
-    env_runner.env.unwrapped.set_attr("trial_queue", [[] for _ in range(num_envs)])
-    return [records[t] for t in trials]
-
-
-def foreach_sampling_env_runner(env_runner_group, func):
-    """Call ``func`` on the runners that sample: the remote ones, or the local one if none."""
-    local_only = env_runner_group.num_remote_env_runners() == 0
-    return env_runner_group.foreach_env_runner(func, local_env_runner=local_only)
-
-
-def run_trials_on_env_runners(eval_group, trials: Sequence[tuple[str, int]], explore: bool) -> list[TrialRecord]:
-    """Deal ``trials`` out to an EnvRunnerGroup's runners and collect their records in order."""
-    num_shares = max(1, eval_group.num_remote_env_runners())
-    trials = list(trials)
-
-    def play_share(env_runner):
-        share = trials[max(env_runner.worker_index - 1, 0) :: num_shares]
-        return _sample_assigned_trials(env_runner, share, explore)
-
-    shares = foreach_sampling_env_runner(eval_group, play_share)
-    if len(shares) != num_shares:
-        raise RuntimeError(f"evaluation got results from {len(shares)} of {num_shares} env runners")
-    records = {(r.split, r.index): r for share in shares for r in share}
-    return [records[t] for t in trials]
-
+from metaray.trial import TrialRecord
 
 #: Bootstrap resamples behind every confidence interval (percentile bootstrap, 95%).
 BOOTSTRAP_RESAMPLES = 1000
@@ -192,47 +140,6 @@ def across_seeds(per_seed: Sequence[Mapping[str, Any]], rng_seed: int = 0) -> di
     return metrics
 
 
-def evaluate_baselines(
-    task: Any, names: Sequence[str] | None, trials: Sequence[tuple[Split, int]], split_seed: int
-) -> dict[str, list[TrialRecord]]:
-    """Play the family's baselines on exactly the given evaluation trials (driver-side)."""
-    family = load_family(task.family, task.params)
-    split = TaskSplit(family, task.test_fraction, split_seed)
-    factories = family.baselines(task.episodes_per_trial)
-    unknown = sorted(set(names or ()) - set(factories))
-    if unknown:
-        raise ValueError(f"evaluation.baselines: family {task.family!r} has no baseline {unknown}; "
-                         f"it has {sorted(factories)}")
-    env = family.make_env()
-    results = {}
-    for name in names if names is not None else factories:
-        policy = factories[name]()
-        results[name] = [
-            run_policy_trial(env, policy, split.task_at(s, i), split.trial_seed(s, i),
-                             task.episodes_per_trial, s, i)
-            for s, i in trials
-        ]
-    env.close()
-    return results
-
-
 def best_baseline(baselines: Mapping[str, Mapping[str, Any]]) -> str:
     """Name of the baseline with the highest mean trial return (the regret reference)."""
     return max(baselines, key=lambda name: baselines[name]["trial_return_mean"])
-
-
-def play_meta_policy(algo, trials: Sequence[tuple[Split, int]], explore: bool) -> list[TrialRecord]:
-    """Play the learner's current weights on the given trials with the evaluation EnvRunners."""
-    eval_group = algo.eval_env_runner_group
-    eval_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
-    return run_trials_on_env_runners(eval_group, trials, explore)
-
-
-def evaluate_meta_policy(algo, num_trials: int, explore: bool) -> dict[str, dict[str, Any]]:
-    """Evaluate the learner's current weights on ``num_trials`` trials of each split."""
-    trials = [t for split in SPLITS[::-1] for t in evaluation_trials(split, num_trials)]
-    records = play_meta_policy(algo, trials, explore)
-    return {
-        split: adaptation_metrics([r for r in records if r.split == split])
-        for split in ("test", "train")
-    }

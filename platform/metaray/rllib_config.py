@@ -1,17 +1,19 @@
-"""Translate an :class:`~metaray.config.ExperimentConfig` into an RLlib AlgorithmConfig.
+"""Build the RLlib AlgorithmConfig of an :class:`~metaray.config.ExperimentConfig`.
 
 Everything RLlib does well stays RLlib's: EnvRunners sample trials in parallel, Learners
 (optionally several, on GPUs, with DDP) run PPO or APPO, evaluation EnvRunners play the held-out
 trials. metaray only adds the trial env, the recurrent module, per-episode-index metrics
-and the paired evaluation function.
+and the paired evaluation function. Algorithms are found by ``training.algorithm`` name in
+:data:`ALGORITHMS`; each entry turns the experiment into the algorithm's own settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.appo import APPOConfig
@@ -21,10 +23,10 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import EVALUATION_RESULTS
 
-from metaray.config import ConfigError, ExperimentConfig
-from metaray.evaluation import ADAPTATION_KEY, evaluate_meta_policy
-from metaray.models import RecurrentMetaPolicy
-from metaray.tasks import load_family
+from metaray.config import ExperimentConfig
+from metaray.models.policy import RecurrentMetaPolicy
+from metaray.plugins import Registry
+from metaray.rollouts import ADAPTATION_KEY, evaluate_meta_policy
 from metaray.trial import TRIAL_INFO_KEY, TrialEnv
 
 # RLlib re-registers its env under one id in every EnvRunner and warns about the new API stack
@@ -36,30 +38,6 @@ logging.getLogger("ray.rllib.algorithms.algorithm_config").setLevel(logging.ERRO
 TRAIN_RETURN_BY_EPISODE = "trial_return_by_episode"
 #: Key of the count of training trials whose return was nan or inf, in the env-runner results.
 NON_FINITE_TRIALS = "non_finite_trials"
-
-
-def trial_env_config(cfg: ExperimentConfig, split: str = "train") -> dict[str, Any]:
-    return {
-        "family": cfg.task.family,
-        "params": dict(cfg.task.params),
-        "episodes_per_trial": cfg.task.episodes_per_trial,
-        "test_fraction": cfg.task.test_fraction,
-        "split_seed": cfg.seed,
-        "split": split,
-        "reward_scale": cfg.task.reward_scale,
-    }
-
-
-def check_family(cfg: ExperimentConfig) -> None:
-    """Family-dependent config checks (import, params, baseline names), before Ray starts."""
-    family = load_family(cfg.task.family, cfg.task.params)
-    available = family.baselines(cfg.task.episodes_per_trial)
-    for name in cfg.evaluation.baselines or ():
-        if name not in available:
-            raise ConfigError(
-                f"evaluation.baselines: unknown baseline {name!r} for family "
-                f"{cfg.task.family!r} (available: {', '.join(available)})"
-            )
 
 
 class TrialMetricsCallback(RLlibCallback):
@@ -79,52 +57,49 @@ class TrialMetricsCallback(RLlibCallback):
 
 def periodic_evaluation(algo, eval_env_runner_group) -> tuple[dict, int, int]:
     """RLlib ``custom_evaluation_function``: paired held-out and training-split trials."""
-    num_trials = algo.config.evaluation_duration
-    report = evaluate_meta_policy(algo, num_trials, explore=algo.evaluation_config.explore)
+    report, env_steps = evaluate_meta_policy(algo, algo.config.evaluation_duration,
+                                             explore=algo.evaluation_config.explore)
     algo.metrics.log_value((EVALUATION_RESULTS, ADAPTATION_KEY), report, reduce="item")
-    steps = 2 * num_trials * algo.config.env_config["episodes_per_trial"]
-    return {}, steps, steps
+    return {}, env_steps, env_steps
 
 
-def _algorithm_training(cfg: ExperimentConfig) -> tuple[AlgorithmConfig, dict[str, Any]]:
-    """The algorithm's empty config and its algorithm-specific ``.training()`` arguments."""
+#: ``training.algorithm`` name -> (the algorithm's empty config, its own ``.training()`` arguments).
+AlgorithmSettings = Callable[[ExperimentConfig], tuple[AlgorithmConfig, dict[str, Any]]]
+ALGORITHMS: Registry[AlgorithmSettings] = Registry("training.algorithm")
+
+
+@ALGORITHMS.register("PPO")
+def _ppo(cfg: ExperimentConfig) -> tuple[AlgorithmConfig, dict[str, Any]]:
     t = cfg.training
-    if t.algorithm == "APPO":
-        # An iteration samples at least one train batch, as with PPO (RLlib's default is at
-        # least 10 seconds). One sample() call of a runner about fills one learner's batch,
-        # so every learner gets episodes even when the driver samples alone, and RLlib needs
-        # minibatches made of whole rollout fragments.
-        per_learner = t.train_batch_size // max(cfg.learners.num_learners, 1)
-        longest = max(1, per_learner // cfg.env_runners.num_envs_per_env_runner)
-        fragment = max(n for n in range(1, longest + 1) if t.minibatch_size % n == 0)
-        appo = (
-            APPOConfig()
-            .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=t.train_batch_size)
-            .env_runners(rollout_fragment_length=fragment)
-        )
-        return appo, {"clip_param": t.clip_param}
     return PPOConfig(), {"lambda_": t.lambda_, "clip_param": t.clip_param, "vf_clip_param": t.vf_clip_param}
+
+
+@ALGORITHMS.register("APPO")
+def _appo(cfg: ExperimentConfig) -> tuple[AlgorithmConfig, dict[str, Any]]:
+    t = cfg.training
+    # An iteration samples at least one train batch, as with PPO (RLlib's default is at
+    # least 10 seconds). One sample() call of a runner about fills one learner's batch,
+    # so every learner gets episodes even when the driver samples alone, and RLlib needs
+    # minibatches made of whole rollout fragments.
+    per_learner = t.train_batch_size // max(cfg.learners.num_learners, 1)
+    longest = max(1, per_learner // cfg.env_runners.num_envs_per_env_runner)
+    fragment = max(n for n in range(1, longest + 1) if t.minibatch_size % n == 0)
+    appo = (
+        APPOConfig()
+        .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=t.train_batch_size)
+        .env_runners(rollout_fragment_length=fragment)
+    )
+    return appo, {"clip_param": t.clip_param}
 
 
 def build_algorithm_config(cfg: ExperimentConfig) -> AlgorithmConfig:
     """The RLlib PPO or APPO config of an experiment (new API stack)."""
     t, runners, ev = cfg.training, cfg.env_runners, cfg.evaluation
     num_learners = max(cfg.learners.num_learners, 1)
-    model_config = {
-        "arch": cfg.model.arch,
-        "hidden_size": cfg.model.hidden_size,
-        "num_layers": cfg.model.num_layers,
-        "num_heads": cfg.model.num_heads,
-        "context_len": cfg.model.context_len,
-        "encoder_layers": list(cfg.model.encoder_layers),
-        "head_layers": list(cfg.model.head_layers),
-        "separate_critic": cfg.model.separate_critic,
-        "max_seq_len": cfg.model.max_seq_len,
-    }
-    algorithm_config, algorithm_training = _algorithm_training(cfg)
+    algorithm_config, algorithm_training = ALGORITHMS.get(t.algorithm)(cfg)
     return (
         algorithm_config
-        .environment(TrialEnv, env_config=trial_env_config(cfg))
+        .environment(TrialEnv, env_config=TrialEnv.env_config(cfg.task, cfg.seed))
         .env_runners(
             num_env_runners=runners.num_env_runners,
             num_envs_per_env_runner=runners.num_envs_per_env_runner,
@@ -142,7 +117,9 @@ def build_algorithm_config(cfg: ExperimentConfig) -> AlgorithmConfig:
             num_gpus_per_learner=cfg.learners.num_gpus_per_learner,
             num_cpus_per_learner=cfg.learners.num_cpus_per_learner,
         )
-        .rl_module(rl_module_spec=RLModuleSpec(module_class=RecurrentMetaPolicy, model_config=model_config))
+        # The module rebuilds the typed ModelConfig from this dict (max_seq_len is RLlib's too).
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=RecurrentMetaPolicy,
+                                               model_config=dataclasses.asdict(cfg.model)))
         .training(
             lr=t.lr,
             gamma=t.gamma,
@@ -162,7 +139,7 @@ def build_algorithm_config(cfg: ExperimentConfig) -> AlgorithmConfig:
             evaluation_num_env_runners=ev.num_env_runners,
             custom_evaluation_function=periodic_evaluation,
             evaluation_config=AlgorithmConfig.overrides(
-                env_config=trial_env_config(cfg, split="test"),
+                env_config=TrialEnv.env_config(cfg.task, cfg.seed, split="test"),
                 num_envs_per_env_runner=ev.num_envs_per_env_runner,
                 explore=ev.explore,
             ),

@@ -1,0 +1,71 @@
+"""Figures of adaptation, shared by TensorBoard logging and report folders.
+
+Figures are read before tables: the episode axis has integer ticks only, titles wrap to fit
+the figure, and the legend sits outside the axes so it hides no curve.
+
+Example:
+    >>> fig = adaptation_figure({"meta-policy (test)": [1.0, 2.0, 2.5], "random": [1.0, 1.0, 1.0]},
+    ...                         "a title long enough to need a second line when the figure is only six inches wide")
+    >>> [int(t) for t in fig.axes[0].get_xticks() if 1 <= t <= 3]
+    [1, 2, 3]
+    >>> save_figure(fig, None)  # closes it; a path writes it first
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+_TITLE_CHARS = 60  # a 6-inch-wide title at the default font size
+
+
+def adaptation_figure(curves: Mapping[str, Sequence[float]], title: str,
+                      bands: Mapping[str, Sequence[Sequence[float]]] | None = None):
+    """A line per curve: mean return of the i-th episode of a trial, with an optional
+    shaded 95% confidence band per curve (``bands[label][i] = [low, high]``)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4), dpi=100)
+    for label, curve in curves.items():
+        style = "-o" if label.startswith("meta-policy") else "--"
+        episodes = np.arange(1, len(curve) + 1)
+        (line,) = ax.plot(episodes, curve, style, label=label, markersize=3)
+        if bands and label in bands:
+            low, high = zip(*bands[label])
+            ax.fill_between(episodes, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("episode of the trial")
+    ax.set_ylabel("mean episode return")
+    ax.set_title("\n".join(textwrap.wrap(title, _TITLE_CHARS)), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    return fig
+
+
+def returns_figure(samples: Mapping[str, Sequence[float]], unit: str):
+    """Box plot of trial return per policy, every task (or seed) drawn as a point."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(samples)), 4), dpi=100)
+    ax.boxplot(list(samples.values()), showmeans=True, showfliers=False)
+    jitter = np.random.default_rng(0)
+    for i, values in enumerate(samples.values(), start=1):
+        ax.scatter(i + jitter.uniform(-0.15, 0.15, len(values)), values, s=4, alpha=0.3)
+    ax.set_xticks(range(1, len(samples) + 1), list(samples), rotation=20, fontsize=8)
+    ax.set_ylabel("trial return" if unit == "across tasks" else "mean trial return of a seed")
+    ax.set_title("trial return per task" if unit == "across tasks" else "mean trial return per seed")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: Path | None) -> None:
+    """Write ``fig`` to ``path`` (PNG) unless it is None, and free it."""
+    if path is not None:
+        fig.savefig(path)
+    plt.close(fig)
