@@ -105,3 +105,26 @@ def test_rayjob_runs_launch_py_on_the_pinned_ray():
         (container,) = group["template"]["spec"]["containers"]
         assert container["image"] == "metaray:latest"
         assert {"name": "runs", "mountPath": "/runs"} in container["volumeMounts"]
+
+
+def test_rayjob_ray_containers_and_submitter_use_a_token_from_a_secret():
+    """Like compose.yaml: token auth on every Ray container and on the submitter that calls the
+    Jobs API, the token read from one Kubernetes Secret whose creation the file's header shows."""
+    text = (DOCKER / "rayjob.yaml").read_text()
+    spec = yaml.safe_load(text)["spec"]
+    cluster = spec["rayClusterSpec"]
+    assert "submitterPodTemplate" in spec, "the submitter needs the token too"
+    templates = [cluster["headGroupSpec"]["template"], *(group["template"] for group in cluster["workerGroupSpecs"]),
+                 spec["submitterPodTemplate"]]
+    secrets = set()
+    for template in templates:
+        for container in template["spec"]["containers"]:
+            env = {var["name"]: var for var in container.get("env", [])}
+            assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", container["name"]
+            secret = env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
+            assert secret, f"{container['name']}: RAY_AUTH_TOKEN must come from a secretKeyRef"
+            secrets.add((secret["name"], secret["key"]))
+    assert len(secrets) == 1, secrets
+    [(name, key)] = secrets
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    assert f"kubectl create secret generic {name} --from-literal={key}=" in header
