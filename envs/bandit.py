@@ -5,7 +5,8 @@ is one (one-step) episode that pays 1 with the pulled arm's probability, so a tr
 ``n`` pulls is ``task.episodes_per_trial = n`` episodes. The paper's Table 1 reports, for
 k=5 arms and n=10 pulls: random 5.0, Gittins 6.6, RL² 6.7.
 
-Baselines: random, greedy, epsilon-greedy, UCB1, Thompson sampling and the exact
+Baselines: random, greedy, epsilon-greedy, UCB1, Thompson sampling, the Gittins index
+(discount 1 - 1/(pulls left) by default, see :class:`GittinsIndex`) and the exact
 Bayes-optimal policy (finite-horizon dynamic programming over Beta(1, 1) posteriors), which
 upper-bounds every policy's expected return on this task distribution.
 
@@ -76,6 +77,7 @@ class BernoulliBandit(TaskFamily):
             "epsilon_greedy": lambda: EpsilonGreedy(k, epsilon=0.1),
             "ucb1": lambda: UCB1(k),
             "thompson": lambda: ThompsonSampling(k),
+            "gittins": lambda: GittinsIndex(k, episodes_per_trial),
             "bayes_optimal": lambda: BayesOptimal(k, episodes_per_trial),
         }
 
@@ -131,6 +133,87 @@ class ThompsonSampling(_CountingPolicy):
 
     def act(self, obs: Any) -> int:
         return self._argmax(self.rng.beta(self.successes + 1, self.failures + 1))
+
+
+class GittinsIndex(_CountingPolicy):
+    """Pulls the arm whose Beta(1 + s, 1 + f) posterior has the highest Gittins index.
+
+    The Gittins index is optimal for infinitely many pulls discounted geometrically, whereas a
+    trial is ``horizon`` undiscounted pulls. By default the discount is 1 - 1/m with m the pulls
+    left, so the discounted horizon 1/(1 - discount) is the rest of the trial; a float
+    ``discount`` is used throughout. Either way the index lattice ends with the trial (the
+    posterior cannot move after it). RL² (Table 1) reports the best-performing Gittins
+    approximation per setting; on held-out trials of those settings (n = 10, 100; k = 5, 10,
+    50) this default played best of those measured (fixed discounts 0.9, 0.95, 0.99 and
+    1 - 1/horizon, lattices ending with the trial or 2 / (1 - discount) pulls deeper), and as
+    well as Bayes-optimal at n = 10. Its index tables cost about 1025 * horizon^3 / 2 updates,
+    a few seconds once per process at 100 pulls.
+    """
+
+    def __init__(self, num_arms: int, horizon: int, discount: float | None = None):
+        super().__init__(num_arms)
+        self.horizon = horizon
+        self.discount = discount
+
+    def act(self, obs: Any) -> int:
+        pulls_left = self.horizon - int(self.successes.sum() + self.failures.sum())
+        discount = 1.0 - 1.0 / pulls_left if self.discount is None else self.discount
+        table = gittins_index_table(discount, self.horizon)
+        return self._argmax(table[self.successes, self.failures])
+
+
+#: Retirement rewards at which :func:`gittins_index_table` solves the retirement problem.
+_RETIREMENT_GRID = np.linspace(0.0, 1.0, 1025)
+
+
+@lru_cache(maxsize=None)
+def gittins_index_table(discount: float, depth: int) -> np.ndarray:
+    """Gittins indices ``index[s, f]`` (s + f < depth) of Bernoulli arms, posterior Beta(1 + s, 1 + f).
+
+    Calibration: the index is the reward ``lam`` per pull of a retirement option at which
+    pulling once more (then continuing optimally) and retiring now are worth the same, with
+    ``discount`` per pull. One backward pass over the belief lattice (s, f), for all ``lam`` of
+    a grid at once, gives every state's gap between pulling and retiring, which falls as ``lam``
+    grows; the index is interpolated where it crosses zero (at discount 0.99, measured against
+    an 8x finer grid: 1e-5 typical error, 5e-4 worst). After ``depth`` pulls the posterior is
+    frozen (its mean taken as known); a lattice 2 / (1 - discount) pulls deeper than a state
+    gives its classic (infinite-lattice) index within 1e-4 (measured).
+    Returns a read-only (depth, depth) array, NaN where s + f >= depth. Cached per arguments.
+
+    >>> table = gittins_index_table(0.9, 30)
+    >>> round(float(table[0, 0]), 4), round(float(table[1, 1]), 4)  # as in Gittins' tables
+    (0.7029, 0.6346)
+    """
+    if not 0.0 <= discount < 1.0:
+        raise ValueError(f"discount must be in [0, 1), got {discount}")
+    lam = _RETIREMENT_GRID[:, None]
+    # Values are scaled by (1 - discount): retiring is worth lam, a known mean p is worth p.
+    # After ``depth`` pulls the mean is taken as known: pull forever or retire.
+    value = np.maximum(lam, np.arange(1, depth + 2) / (depth + 2))
+    pull_buffer = np.empty_like(value)
+    index = np.full((depth, depth), np.nan)
+    for pulls in range(depth - 1, -1, -1):
+        successes = np.arange(pulls + 1)
+        mean = (successes + 1) / (pulls + 2)
+        # value[:, j] is the state with j successes one pull deeper: a success leads to j + 1.
+        pull = pull_buffer[:, : pulls + 1]
+        np.subtract(value[:, 1 : pulls + 2], value[:, : pulls + 1], out=pull)
+        pull *= mean
+        pull += value[:, : pulls + 1]
+        pull *= discount
+        pull += (1.0 - discount) * mean
+        index[successes, pulls - successes] = _zero_crossing(pull - lam)
+        np.maximum(pull, lam, out=value[:, : pulls + 1])
+    index.setflags(write=False)
+    return index
+
+
+def _zero_crossing(gap: np.ndarray) -> np.ndarray:
+    """Per column, where ``gap`` (decreasing along the retirement grid) crosses zero."""
+    last_positive = (gap > 0).sum(axis=0) - 1
+    columns = np.arange(gap.shape[1])
+    before, after = gap[last_positive, columns], gap[last_positive + 1, columns]
+    return _RETIREMENT_GRID[last_positive] + _RETIREMENT_GRID[1] * before / (before - after)
 
 
 class BayesOptimal(_CountingPolicy):

@@ -35,7 +35,7 @@ def test_summary(tiny_run):
         ev = summary["eval"][split]
         assert ev["num_trials"] == 50 and len(ev["return_by_episode"]) == 10
         assert ev["trial_return_mean"] == pytest.approx(sum(ev["return_by_episode"]))
-    assert set(summary["baselines"]) == {"random", "greedy", "epsilon_greedy", "ucb1", "thompson", "bayes_optimal"}
+    assert set(summary["baselines"]) == {"random", "greedy", "epsilon_greedy", "ucb1", "thompson", "bayes_optimal", "gittins"}
     assert summary["baselines"]["bayes_optimal"]["num_trials"] == 50
     assert (tiny_run / "config.yaml").is_file()
 
