@@ -4,20 +4,34 @@
 Starts an embedded local Ray unless ``--address`` (or ``$RAY_ADDRESS``, which Ray sets inside
 ``ray job submit``) names a cluster; ``auto`` joins the cluster of the node it runs on.
 Exit codes: 0 done, 2 bad input (config, paths, address; reported before Ray starts and
-before any run folder is touched), 3 training stopped (a nan/inf return or loss, or every
-env runner dead with no restart left).
+before any run folder is touched; a checkpoint that does not load), 3 training stopped (a
+nan/inf return or loss, the task family's code raising, or every env runner dead with no
+restart left), 130 Ctrl-C (the first
+finishes and checkpoints the iteration under way, then prints the ``--resume`` line; a second
+stops at once).
+
+Every launch gets a folder of its own: ``<storage>/<name>-<YYYYmmdd-HHMMSS>``, with ``-2``,
+``-3``... when another launch took that name in the same second. A ``--run-dir`` that holds a
+run or a report (config.yaml, summary.json, report.md) is refused (exit 2), for training and
+for ``--eval-only`` alike: continue a run with ``--resume``, never by starting into its folder.
+``--resume`` restores the newest checkpoint that loads, saying which newer ones it skipped and
+why, and writes nothing into the run folder until that restore succeeded.
 A config with ``seeds: [0, 1, 2]`` trains one run per seed (Ray Tune) plus an aggregate report.
 
 Evaluate a trained checkpoint (or a run folder's latest) against the family's baselines and
 write a report folder (report.md, PNGs, summary.json)::
 
     python launch.py --eval-only --checkpoint runs/X/checkpoints/iter_000010 [--config C]
-        [--split test|train] [--trials N] [--run-dir REPORT_DIR]
+        [--split test|train] [--trials N] [--run-dir NEW_REPORT_DIR]
+
+The report goes to ``runs/<name>-eval-<split>-<YYYYmmdd-HHMMSS>`` unless ``--run-dir`` names a
+folder without a run or report in it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -29,10 +43,11 @@ for path in (ROOT / "platform", ROOT):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from metaray.cluster import resolve_address  # noqa: E402
-from metaray.config import ConfigError, describe_options, load_config  # noqa: E402
+from metaray.cluster import check_cluster_fits, resolve_address  # noqa: E402
+from metaray.config import ConfigError, ExperimentConfig, describe_options, load_config  # noqa: E402
 from metaray.storage import (  # noqa: E402
-    RunMirror, check_storage, download_run, is_uri, latest_checkpoint, resolve_checkpoint,
+    CheckpointError, RunMirror, check_fresh_folder, check_storage, create_run_folder, download_run, is_uri,
+    latest_checkpoint, resolve_checkpoint, save_config,
 )
 from metaray.validation import check_experiment  # noqa: E402
 
@@ -49,8 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--storage", default=str(ROOT / "runs"), metavar="PATH_OR_URI",
                         help="parent of run folders: a path all nodes reach, or a URI (s3://, gs://, "
                              "file://...) the run folder is mirrored to (default: runs/ beside launch.py)")
-    parser.add_argument("--run-dir", type=Path, help="local run folder (default <storage>/<name>-<timestamp>; "
-                                                     "with a URI storage or --resume URI, runs/<name>)")
+    parser.add_argument("--run-dir", type=Path, help="local run folder, new or without a run or report in it "
+                                                     "(default <storage>/<name>-<timestamp>[-N]; with a URI "
+                                                     "storage or --resume URI, under runs/)")
     parser.add_argument("--resume", metavar="RUN_DIR_OR_URI",
                         help="continue a run from its latest checkpoint, with its saved config")
     parser.add_argument("--address", help="Ray cluster to join ('auto' on a cluster node); default: "
@@ -58,12 +74,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     evaluation = parser.add_argument_group("evaluate a checkpoint")
     evaluation.add_argument("--eval-only", action="store_true",
-                            help="evaluate --checkpoint instead of training; --run-dir is the report folder")
+                            help="evaluate --checkpoint instead of training; --run-dir is a new report folder")
     evaluation.add_argument("--checkpoint", type=Path,
                             help="checkpoint folder, or a run folder (its latest checkpoint); --config "
                                  "defaults to that run's config.yaml")
     evaluation.add_argument("--split", choices=("test", "train"), default="test", help="trials to evaluate on")
     evaluation.add_argument("--trials", type=int, help="trials (default: evaluation.final_num_trials)")
+    evaluation.add_argument("--probe", action="store_true",
+                            help="--eval-only with the task-inference probe: how well the recurrent state "
+                                 "decodes the task along the trial (sets evaluation.probe; docs/probing_memory.md)")
     return parser.parse_args(argv)
 
 
@@ -85,18 +104,21 @@ def resume_target(location: str, run_dir: Path | None) -> tuple[Path, RunMirror 
     return run_dir, mirror
 
 
-def new_run_target(name: str, storage: str, run_dir: Path | None) -> tuple[Path, RunMirror | None]:
-    """A fresh local run folder for ``name`` and, for URI storage, its mirror."""
+def new_run_target(cfg: ExperimentConfig, storage: str, run_dir: Path | None) -> tuple[Path, RunMirror | None]:
+    """A new local run folder for ``cfg``, created with its config.yaml, and for URI storage its mirror.
+
+    The folder is this launch's alone: the default name gets a ``-2``, ``-3``... suffix when a
+    launch in the same second took it, and a ``--run-dir`` that another launch claimed first
+    (its config.yaml exists) is a ConfigError.
+    """
     check_storage(storage)
-    folder = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if is_uri(storage):
-        run_dir = run_dir or ROOT / "runs" / folder
-        mirror = RunMirror(run_dir, f"{storage.rstrip('/')}/{run_dir.name}")
+    if run_dir is None:
+        parent = ROOT / "runs" if is_uri(storage) else Path(storage)
+        run_dir = create_run_folder(parent, f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     else:
-        run_dir, mirror = run_dir or Path(storage) / folder, None
-    if (run_dir / "config.yaml").exists():
-        raise ConfigError(f"--run-dir {run_dir} already holds a run; continue it with --resume {run_dir} "
-                          "or pick another folder")
+        check_fresh_folder(run_dir)
+    save_config(cfg, run_dir, claim=True)
+    mirror = RunMirror(run_dir, f"{storage.rstrip('/')}/{run_dir.name}") if is_uri(storage) else None
     return run_dir, mirror
 
 
@@ -106,13 +128,18 @@ def evaluate_only(args: argparse.Namespace) -> int:
         if args.checkpoint is None or not args.checkpoint.exists():
             raise ConfigError(f"--checkpoint {args.checkpoint}: no such checkpoint")
         checkpoint = resolve_checkpoint(args.checkpoint)
-        cfg = load_config(args.config or checkpoint.parent.parent / "config.yaml", args.overrides)
+        overrides = [*args.overrides, *(["evaluation.probe=true"] if args.probe else [])]
+        cfg = load_config(args.config or checkpoint.parent.parent / "config.yaml", overrides)
         if args.trials is not None and args.trials <= 0:
             raise ConfigError(f"--trials must be > 0, got {args.trials}")
         num_trials = args.trials or cfg.evaluation.final_num_trials
-        out_dir = args.run_dir or ROOT / "runs" / f"{cfg.name}-eval-{args.split}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if args.run_dir is not None:
+            check_fresh_folder(args.run_dir, for_report=True)  # never overwrite a run's summary.json
         address = resolve_address(args.address, args.num_cpus)
         check_experiment(cfg)
+        check_cluster_fits(cfg, address, args.num_cpus)
+        out_dir = args.run_dir or create_run_folder(
+            ROOT / "runs", f"{cfg.name}-eval-{args.split}-{time.strftime('%Y%m%d-%H%M%S')}")
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -121,16 +148,37 @@ def evaluate_only(args: argparse.Namespace) -> int:
     from metaray.cluster import init_ray
     from metaray.report import headline
 
-    init_ray(cfg, address, args.num_cpus)
-    summary = evaluate_checkpoint(cfg, checkpoint, args.split, num_trials, out_dir)
+    try:
+        init_ray(cfg, address, args.num_cpus)
+        summary = evaluate_checkpoint(cfg, checkpoint, args.split, num_trials, out_dir)
+    except (CheckpointError, KeyboardInterrupt) as exc:
+        if args.run_dir is None:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # the report folder made above, while still empty
+        stopped = isinstance(exc, KeyboardInterrupt)
+        print("interrupted: no report written" if stopped else f"checkpoint error: --checkpoint {exc}",
+              file=sys.stderr)
+        return 130 if stopped else 2
     print(json.dumps(headline(summary), indent=2))
     print(f"report: {out_dir / 'report.md'}")
     return 0
 
 
+def interrupted(run_dir: Path, resume_from: str, seeds: bool) -> int:
+    """Ctrl-C: one line on stderr saying how to continue; exit code 130 (128 + SIGINT), as shells use."""
+    checkpoint = None if seeds else latest_checkpoint(run_dir)  # several seeds: checkpoints in seed_<s>/
+    if checkpoint is None and not seeds:
+        print(f"interrupted before the first checkpoint: nothing to resume in {run_dir}; start the run again",
+              file=sys.stderr)
+    else:
+        print("interrupted: " + (f"checkpoint {checkpoint}; " if checkpoint else "")
+              + f"continue with: python launch.py --resume {resume_from}", file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.eval_only:
+    if args.eval_only or args.probe:
         return evaluate_only(args)
     try:
         address = resolve_address(args.address, args.num_cpus)
@@ -141,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.config is None:
                 raise ConfigError("--config is required (or --resume RUN_DIR)")
             cfg = load_config(args.config, args.overrides)
-            run_dir, mirror = new_run_target(cfg.name, args.storage, args.run_dir)
         check_experiment(cfg)
+        check_cluster_fits(cfg, address, args.num_cpus)
+        if args.resume is None:
+            run_dir, mirror = new_run_target(cfg, args.storage, args.run_dir)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -151,20 +201,25 @@ def main(argv: list[str] | None = None) -> int:
     from metaray.train import TrainingError, train
 
     print(f"run folder: {run_dir}" + (f" (mirrored to {mirror.uri})" if mirror else ""), flush=True)
-    init_ray(cfg, address, args.num_cpus)
-    if cfg.seeds:
-        from metaray.multi_seed import train_seeds
-        from metaray.report import headline
-
-        aggregate = train_seeds(cfg, run_dir, resume=args.resume is not None)
-        print(json.dumps(headline(aggregate), indent=2))
-        print(f"report: {run_dir / 'report' / 'report.md'}  |  tensorboard --logdir {run_dir}")
-        return 0
     try:
+        init_ray(cfg, address, args.num_cpus)
+        if cfg.seeds:
+            from metaray.multi_seed import train_seeds
+            from metaray.report import headline
+
+            aggregate = train_seeds(cfg, run_dir, resume=args.resume is not None)
+            print(json.dumps(headline(aggregate), indent=2))
+            print(f"report: {run_dir / 'report' / 'report.md'}  |  tensorboard --logdir {run_dir}")
+            return 0
         summary = train(cfg, run_dir, resume=args.resume is not None, mirror=mirror)
     except TrainingError as exc:
         print(f"training error: {exc}", file=sys.stderr)
         return 3
+    except CheckpointError as exc:
+        print(f"checkpoint error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return interrupted(run_dir, args.resume or (mirror.uri if mirror else str(run_dir)), bool(cfg.seeds))
     test = summary["eval"]["test"]
     print(json.dumps({
         "held_out_trial_return_mean": round(test["trial_return_mean"], 4),

@@ -57,6 +57,7 @@ class BernoulliBandit(TaskFamily):
     """k-armed Bernoulli bandits with arm probabilities ~ U[0, 1]."""
 
     source = "Duan et al. 2016, RL^2, sec. 4.1 (multi-armed bandits)"
+    reference_baseline = "bayes_optimal"  # the best any policy can do in expectation
 
     def __init__(self, num_arms: int = 5):
         if num_arms < 2:
@@ -68,6 +69,24 @@ class BernoulliBandit(TaskFamily):
 
     def make_env(self) -> BernoulliBanditEnv:
         return BernoulliBanditEnv(self.num_arms)
+
+    def task_features(self, task: np.ndarray) -> dict[str, np.ndarray]:
+        return {"arm_probs": np.asarray(task, dtype=np.float64)}
+
+    def posterior_features(self, observations: list, actions: list, rewards: list) -> dict[str, np.ndarray]:
+        """Beta(1 + successes, 1 + failures) posterior means of every arm, before each pull.
+
+        Example:
+            >>> BernoulliBandit(num_arms=2).posterior_features([0, 0], [1, 1], [1.0, 0.0])["arm_probs"]
+            array([[0.5       , 0.5       ],
+                   [0.5       , 0.66666667]])
+        """
+        counts = np.zeros((2, self.num_arms))  # successes, failures
+        means = []
+        for action, reward in zip(actions, rewards):
+            means.append((counts[0] + 1) / (counts.sum(axis=0) + 2))
+            counts[0 if reward > 0 else 1, int(action)] += 1
+        return {"arm_probs": np.array(means)}
 
     def baselines(self, episodes_per_trial: int) -> dict[str, Callable[[], TrialPolicy]]:
         k = self.num_arms

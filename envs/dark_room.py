@@ -108,6 +108,7 @@ class DarkRoom(TaskFamily):
     """Hidden goal (or key and door) cells in a dark grid."""
 
     source = "Laskin et al. 2022, Algorithm Distillation, sec. 5 (Dark Room, Dark Key-to-Door)"
+    reference_baseline = "oracle"  # knows the task: an upper bound
 
     def __init__(self, variant: str = "room", size: int = 9, horizon: int | None = None, start: list[int] | None = None):
         if variant not in ("room", "key_to_door"):
@@ -132,6 +133,10 @@ class DarkRoom(TaskFamily):
 
     def task_key(self, task: tuple[int, ...]) -> str:
         return repr(tuple(int(v) for v in task))
+
+    def task_features(self, task: tuple[int, ...]) -> dict[str, np.ndarray]:
+        names = ("key", "door") if self.key_to_door else ("goal",)
+        return {name: np.array(cell, dtype=np.float64) for name, cell in zip(names, task_cells(task))}
 
     def make_env(self) -> DarkRoomEnv:
         return DarkRoomEnv(self.size, self.start, self.horizon, self.key_to_door)

@@ -80,6 +80,7 @@ class PointNavigation(TaskFamily):
     """Goals on the unit (half) circle; dense or sparse distance rewards."""
 
     source = "Finn et al. 2017, MAML, sec. 5.2 (2D navigation); Rakelly et al. 2019, PEARL (sparse point robot)"
+    reference_baseline = "oracle"  # knows the goal: an upper bound
 
     def __init__(self, reward: str = "dense", goal_radius: float = 0.2, horizon: int = 100, full_circle: bool = False):
         if reward not in ("dense", "sparse"):
@@ -94,6 +95,9 @@ class PointNavigation(TaskFamily):
     def sample_task(self, rng: np.random.Generator) -> np.ndarray:
         angle = rng.uniform(0.0, self.max_angle)
         return np.array([np.cos(angle), np.sin(angle)])
+
+    def task_features(self, task: np.ndarray) -> dict[str, np.ndarray]:
+        return {"goal": np.asarray(task, dtype=np.float64)}
 
     def make_env(self) -> PointNavigationEnv:
         return PointNavigationEnv(self.reward, self.goal_radius, self.horizon)

@@ -81,6 +81,9 @@ class TabularMDP(TaskFamily):
     """Random MDPs: Dirichlet(1) transition rows, N(1, 1) mean rewards, unit reward noise."""
 
     source = "Duan et al. 2016, RL^2, sec. 4.2 (tabular MDPs, Table 2)"
+    # None: no baseline here is Bayes-optimal (bayes_greedy plans in the posterior-mean MDP,
+    # PSRL in a posterior sample; neither values information) and none knows the task.
+    reference_baseline = None
 
     def __init__(self, num_states: int = 10, num_actions: int = 5, horizon: int = 10):
         if num_states < 2 or num_actions < 2 or horizon < 1:
@@ -108,6 +111,26 @@ class TabularMDP(TaskFamily):
 
     def make_env(self) -> TabularMDPEnv:
         return TabularMDPEnv(self.num_states, self.num_actions, self.horizon)
+
+    def task_features(self, task: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"mean_rewards": task["mean_rewards"].ravel(), "transitions": task["transitions"].ravel()}
+
+    def posterior_features(self, observations: list, actions: list, rewards: list) -> dict[str, np.ndarray]:
+        """The generating prior updated with the trial so far, before each action: Normal mean
+        ``(1 + sum of rewards) / (1 + n)`` per pair and Dirichlet(1 + counts) transition rows.
+        A transition is seen only inside an episode (the last step's next state is reset)."""
+        shape = (self.num_states, self.num_actions)
+        visits, reward_sums = np.zeros(shape), np.zeros(shape)
+        next_counts = np.zeros((*shape, self.num_states))
+        rows: dict[str, list] = {"mean_rewards": [], "transitions": []}
+        for t, (state, action, reward) in enumerate(zip(observations, actions, rewards)):
+            rows["mean_rewards"].append(((1 + reward_sums) / (1 + visits)).ravel())
+            rows["transitions"].append(((1 + next_counts) / (1 + next_counts).sum(-1, keepdims=True)).ravel())
+            visits[state, action] += 1
+            reward_sums[state, action] += reward
+            if (t + 1) % self.horizon and t + 1 < len(observations):
+                next_counts[state, action, observations[t + 1]] += 1
+        return {name: np.array(values) for name, values in rows.items()}
 
     def baselines(self, episodes_per_trial: int) -> dict[str, Callable[[], TrialPolicy]]:
         shape = (self.num_states, self.num_actions, self.horizon)

@@ -3,6 +3,7 @@ Ray Tune, and a live TensorBoard server reading the run (tiny budgets, one share
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import socket
@@ -14,10 +15,32 @@ import urllib.request
 import numpy as np
 import pytest
 
+from rliable import library as rly
+from rliable import metrics as rly_metrics
+
 import launch
-from conftest import free_port, tiny_run_args
-from metaray.statistics import across_seeds, adaptation_metrics, interquartile_mean, paired_regret
-from metaray.report import ADAPTATION_PNG, META_POLICY, RETURNS_PNG
+from conftest import ROOT, free_port, tiny_run_args
+from metaray.checkpoint_eval import checkpoint_header
+from metaray.config import ExperimentConfig, from_dict
+from metaray.statistics import (
+    BOOTSTRAP_RESAMPLES,
+    across_seeds,
+    adaptation_metrics,
+    paired_regret,
+    performance_profile,
+    probability_of_improvement,
+    sample_statistics,
+)
+from metaray.report import (
+    ADAPTATION_PNG,
+    FAMILY_REFERENCE_REGRET,
+    META_POLICY,
+    RETURNS_PNG,
+    checkpoint_summary,
+    experiment_header,
+    render_markdown,
+    seeds_summary,
+)
 from metaray.trial import TrialRecord
 
 TINY = tiny_run_args(total_env_steps=1000, final_num_trials=40)
@@ -44,7 +67,119 @@ def test_metrics_iqm_ci_success_and_determinism():
     assert metrics["success_rate"] == pytest.approx(successes.mean())
     assert len(metrics["return_by_episode_ci95"]) == 4
     assert adaptation_metrics(_records(returns, successes)) == metrics
-    assert float(interquartile_mean(np.arange(8.0))) == pytest.approx(3.5)
+
+
+def test_statistics_are_rliables():
+    """IQM, CIs, probability of improvement and performance profile: rliable's on the same samples."""
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=60)
+    before = np.random.get_state()[1].copy()
+    stats = sample_statistics(values, rng_seed=7)
+    assert np.array_equal(np.random.get_state()[1], before)  # the global RNG rliable draws from is put back
+    np.random.seed(7)
+    _, intervals = rly.get_interval_estimates(
+        {"x": values[:, None]}, lambda s: np.array([s.mean(), rly_metrics.aggregate_iqm(s)]), reps=BOOTSTRAP_RESAMPLES)
+    assert [*stats["ci95"], *stats["iqm_ci95"]] == pytest.approx(intervals["x"].T.ravel())
+    assert stats["iqm"] == pytest.approx(rly_metrics.aggregate_iqm(values))
+
+    returns = rng.integers(0, 2, size=(80, 10)).astype(float)
+    assert adaptation_metrics(_records(returns))["trial_return_iqm"] == pytest.approx(
+        rly_metrics.aggregate_iqm(returns.sum(axis=1)))
+    theirs = rng.integers(0, 2, size=(80, 10)).astype(float)
+    paired = paired_regret(_records(returns), _records(theirs))["probability_of_improvement"]
+    assert paired["probability"] == pytest.approx(
+        rly_metrics.probability_of_improvement(returns.sum(axis=1)[None, :], theirs.sum(axis=1)[None, :]))
+    assert paired["ci95"][0] < paired["probability"] < paired["ci95"][1]
+
+    seeds_x, seeds_y = [5.1, 5.6, 6.0, 6.2], [5.5, 5.9, 6.1]
+    assert probability_of_improvement(seeds_x, seeds_y)["probability"] == pytest.approx(
+        rly_metrics.probability_of_improvement(np.array(seeds_x)[:, None], np.array(seeds_y)[:, None]))
+    profile = performance_profile({"x": seeds_x}, [5.0, 5.8])
+    expected, _ = rly.create_performance_profile({"x": np.array(seeds_x)[:, None]}, [5.0, 5.8], reps=10)
+    assert profile["fraction_above"]["x"] == pytest.approx(expected["x"].tolist())
+
+
+def _bandit_records(seed: int, num_trials: int = 300) -> dict[str, list[TrialRecord]]:
+    """Trials on which greedy beats the declared reference (bayes_optimal) by chance."""
+    rng = np.random.default_rng(seed)
+    win_rate = {META_POLICY: 0.6, "random": 0.5, "greedy": 0.7, "bayes_optimal": 0.65}
+    return {name: _records((rng.random((num_trials, 10)) < p).astype(float)) for name, p in win_rate.items()}
+
+
+def test_report_header_and_regret_against_the_declared_reference(tmp_path):
+    checkpoint = tmp_path / "bandit-run" / "checkpoints" / "iter_000075"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "metaray_state.json").write_text(json.dumps({"iteration": 75, "env_steps": 600000, "wall_s": 518.87}))
+    cfg = from_dict(ExperimentConfig, {"task": {"family": "bandit", "params": {"num_arms": 5}}, "seed": 3})
+    header = {**experiment_header(cfg), **checkpoint_header(checkpoint), "split": "test", "seed": cfg.seed,
+              "num_trials": 300, "explore": False}
+    records = _bandit_records(0)
+    summary = checkpoint_summary(records, header)
+    markdown = render_markdown(summary)
+
+    assert summary["checkpoint"] == "checkpoints/iter_000075" and summary["run"] == "bandit-run"
+    assert str(tmp_path) not in markdown + json.dumps(summary)
+    for text in ("checkpoints/iter_000075", "600,000 env steps", "518.9 s", "task family: bandit (num_arms=5)",
+                 "10 episodes per trial", "seed: 3", f"{BOOTSTRAP_RESAMPLES} resamples",
+                 "epsilon_greedy (EpsilonGreedy: num_arms=5, epsilon=0.1)", "declared by the family: bayes_optimal",
+                 f"ray {importlib.metadata.version('ray')}", f"torch {importlib.metadata.version('torch')}",
+                 "metaray 0.1.0", f"rliable {importlib.metadata.version('rliable')}"):
+        assert text in markdown, text
+
+    best, declared = summary["regret"], summary[FAMILY_REFERENCE_REGRET]
+    assert best["reference"] == "greedy" and declared["reference"] == "bayes_optimal"
+    assert declared == {"reference": "bayes_optimal", **paired_regret(records[META_POLICY], records["bayes_optimal"])}
+    for heading, regret in (("## Regret against the family's declared reference", declared),
+                            ("## Regret against the best baseline", best)):
+        (row,) = _table(markdown, heading).values()
+        poi = regret["probability_of_improvement"]
+        assert row == pytest.approx([regret["mean"], *regret["ci95"], regret["iqm"], *regret["iqm_ci95"],
+                                     poi["probability"], *poi["ci95"]], abs=6e-4), heading
+
+    tabular = experiment_header(from_dict(ExperimentConfig, {"task": {"family": "tabular_mdp"}}))
+    assert tabular["reference_baseline"] is None and tabular["family_parameters"]["num_states"] == 10
+
+
+def test_seeds_summary_probability_of_improvement_and_declared_reference():
+    runs = {}
+    for seed in (0, 1, 2):
+        metrics = {name: adaptation_metrics(recs) for name, recs in _bandit_records(seed, 50).items()}
+        runs[seed] = {"eval": {"test": metrics.pop(META_POLICY), "train": metrics["random"]}, "baselines": metrics,
+                      "run_dir": f"seed_{seed}", "env_steps": 8000, "wall_s": 12.5}
+    summary = seeds_summary(runs, {"name": "bandit", "split": "test", "seeds": [0, 1, 2],
+                                   "reference_baseline": "bayes_optimal"})
+    held_out = [run["eval"]["test"]["trial_return_mean"] for run in runs.values()]
+    for key in ("regret", FAMILY_REFERENCE_REGRET):
+        reference = summary[key]["reference"]
+        theirs = [run["baselines"][reference]["trial_return_mean"] for run in runs.values()]
+        assert summary[key]["probability_of_improvement"]["probability"] == pytest.approx(
+            rly_metrics.probability_of_improvement(np.array(held_out)[:, None], np.array(theirs)[:, None]))
+    assert summary[FAMILY_REFERENCE_REGRET]["reference"] == "bayes_optimal"
+    markdown = render_markdown(summary)
+    assert "P(improvement)" in markdown and "| 0 | 8,000 | 12.5 |" in markdown
+
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def test_committed_results_hold_no_machine_paths():
+    """Committed results name checkpoints relative to their run folder, never a path of the machine that ran them."""
+    files = [path for path in RESULTS.rglob("*") if path.suffix in (".md", ".json", ".yaml")]
+    assert len(files) > 20
+    for path in files:
+        text = path.read_text()
+        for prefix in ("/work/", "/home/", "/tmp/", "/root/"):
+            assert prefix not in text, f"{path.relative_to(ROOT)} holds {prefix}"
+
+
+def test_committed_reports_name_their_own_figures_and_summaries():
+    for report in RESULTS.rglob("report*.md"):
+        text = report.read_text()
+        for figure in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):
+            assert (report.parent / figure).is_file(), f"{report.relative_to(ROOT)} shows missing {figure}"
+        named = set(re.findall(r"`((?:run_)?summary[\w]*\.json|report[\w]*\.md|adaptation_curves[\w]*\.png)`", text))
+        for name in named:
+            assert (report.parent / name).is_file(), f"{report.relative_to(ROOT)} names missing {name}"
 
 
 def test_paired_regret_cancels_shared_task_variance():
@@ -102,7 +237,7 @@ def test_eval_only_report_agrees_with_summary(eval_reports, trained_run):
     summary = json.loads((report_dir / "summary.json").read_text())
     markdown = (report_dir / "report.md").read_text()
     policies = summary["policies"]
-    assert set(policies) == {META_POLICY, "random", "greedy", "epsilon_greedy", "ucb1", "thompson", "bayes_optimal"}
+    assert set(policies) == {META_POLICY, "random", "greedy", "epsilon_greedy", "ucb1", "thompson", "bayes_optimal", "gittins"}
 
     returns = _table(markdown, "## Trial return")
     assert set(returns) == set(policies)
@@ -122,13 +257,28 @@ def test_eval_only_report_agrees_with_summary(eval_reports, trained_run):
     regret = summary["regret"]
     assert regret["reference"] == max((n for n in policies if n != META_POLICY), key=lambda n: policies[n]["trial_return_mean"])
     assert regret["mean"] == pytest.approx(policies[regret["reference"]]["trial_return_mean"] - policies[META_POLICY]["trial_return_mean"])
-    (row,) = _table(markdown, "## Regret").values()
-    assert row == pytest.approx([regret["mean"], *regret["ci95"], regret["iqm"], *regret["iqm_ci95"]], abs=5e-4)
+    (row,) = _table(markdown, "## Regret against the best baseline").values()
+    poi = regret["probability_of_improvement"]
+    assert row == pytest.approx([regret["mean"], *regret["ci95"], regret["iqm"], *regret["iqm_ci95"],
+                                 poi["probability"], *poi["ci95"]], abs=6e-4)
 
     # The restored weights are what was evaluated: same trials as the run's final evaluation.
     trained = json.loads((trained_run / "summary.json").read_text())
     assert policies[META_POLICY]["return_by_episode"] == pytest.approx(trained["eval"]["test"]["return_by_episode"])
     assert policies["bayes_optimal"]["trial_return_mean"] == pytest.approx(trained["baselines"]["bayes_optimal"]["trial_return_mean"])
+
+
+def test_eval_only_report_states_its_provenance(eval_reports, trained_run):
+    """The checkpoint, relative to its run folder, with that run's env steps; regret against bayes_optimal."""
+    summary = json.loads((eval_reports[0] / "summary.json").read_text())
+    trained = json.loads((trained_run / "summary.json").read_text())
+    assert trained["storage"] == "." and (trained_run / trained["checkpoint"]).is_dir()
+    assert summary["run"] == trained_run.name and summary["checkpoint"] == trained["checkpoint"]
+    assert summary["checkpoint_env_steps"] == trained["env_steps"]
+    assert 0 < round(summary["checkpoint_wall_s"], 2) <= trained["wall_s"]  # the summary rounds to 0.01 s
+    assert summary[FAMILY_REFERENCE_REGRET]["reference"] == "bayes_optimal"
+    markdown = (eval_reports[0] / "report.md").read_text()
+    assert f"{trained['env_steps']:,} env steps" in markdown and str(trained_run.parent) not in markdown
 
 
 def test_eval_only_is_deterministic(eval_reports):
@@ -161,6 +311,12 @@ def test_seeds_train_as_tune_trials_with_aggregate_report(ray_session, tmp_path,
     assert meta["trial_return_ci95"] == pytest.approx([min(held_out), max(held_out)])
     assert [aggregate["per_seed"][str(s)]["held_out_trial_return_mean"] for s in (3, 4)] == held_out
     assert (run_dir / "report" / "report.md").is_file() and (run_dir / "report" / ADAPTATION_PNG).is_file()
+    reference = aggregate["regret"]["reference"]
+    theirs = [s["baselines"][reference]["trial_return_mean"] for s in per_seed]
+    assert aggregate["regret"]["probability_of_improvement"]["probability"] == pytest.approx(
+        rly_metrics.probability_of_improvement(np.array(held_out)[:, None], np.array(theirs)[:, None]))
+    assert aggregate[FAMILY_REFERENCE_REGRET]["reference"] == "bayes_optimal"
+    assert [aggregate["per_seed"][str(s)]["run_dir"] for s in (3, 4)] == ["seed_3", "seed_4"]
 
 
 @pytest.fixture
@@ -196,17 +352,18 @@ def test_tensorboard_server_serves_run(tensorboard_url, trained_run):
             tags = _get_json(f"{tensorboard_url}/data/plugin/scalars/tags").get(".", {})
         except OSError:  # not listening yet
             pass
-        if "eval_test/trial_return_mean" in tags:
+        if "final_eval_test/trial_return_mean" in tags:
             break
         time.sleep(0.5)
     for tag in ("eval_test/trial_return_mean", "eval_train/trial_return_mean", "eval_test/trial_return_iqm",
                 "eval_test/trial_return_ci95_low", "eval_test_by_episode/ep_09",
-                "eval_test/regret_vs_best_baseline", "baselines_test/bayes_optimal", "train/trial_return_mean"):
+                "eval_test/regret_vs_best_baseline", "baselines_test/bayes_optimal", "train/trial_return_mean",
+                "final_eval_test/trial_return_mean", "final_baselines_test/bayes_optimal"):
         assert tag in tags, tag
 
-    scalars = _get_json(f"{tensorboard_url}/data/plugin/scalars/scalars?run=.&tag=eval_test/trial_return_mean")
+    scalars = _get_json(f"{tensorboard_url}/data/plugin/scalars/scalars?run=.&tag=final_eval_test/trial_return_mean")
     summary = json.loads((trained_run / "summary.json").read_text())
-    assert scalars[-1][2] == pytest.approx(summary["eval"]["test"]["trial_return_mean"], rel=1e-5)
+    assert [value for _, _, value in scalars] == [pytest.approx(summary["eval"]["test"]["trial_return_mean"], rel=1e-5)]
 
     layout = _get_json(f"{tensorboard_url}/data/plugin/custom_scalars/layout")
     assert {c["title"] for c in layout["category"]} == {"adaptation curves", "train vs held-out"}
@@ -215,4 +372,4 @@ def test_tensorboard_server_serves_run(tensorboard_url, trained_run):
     hparams = {h["name"] for h in experiment["hparamInfos"]}
     assert {"training.lr", "model.hidden_size", "seed"} <= hparams
     metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
-    assert "eval_test/trial_return_mean" in metrics
+    assert "final_eval_test/trial_return_mean" in metrics

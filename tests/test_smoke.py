@@ -48,7 +48,7 @@ def test_tensorboard_events_readable(tiny_run):
                 "eval_test_by_episode/ep_09", "baselines_test/thompson", "perf/env_steps_per_s"):
         assert tag in scalars, tag
     assert "adaptation_curve" in events.Tags()["images"]
-    final = events.Scalars("eval_test/trial_return_mean")[-1].value
+    final = events.Scalars("final_eval_test/trial_return_mean")[-1].value
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert final == pytest.approx(summary["eval"]["test"]["trial_return_mean"], rel=1e-5)
 
@@ -74,7 +74,7 @@ def test_evaluation_is_deterministic(tiny_run, ray_session):
     from metaray.rollouts import evaluate_meta_policy
 
     summary = json.loads((tiny_run / "summary.json").read_text())
-    algo = Algorithm.from_checkpoint(summary["checkpoint"])
+    algo = Algorithm.from_checkpoint(str(tiny_run / summary["checkpoint"]))
     try:
         first, env_steps = evaluate_meta_policy(algo, 50, explore=False)
         second, _ = evaluate_meta_policy(algo, 50, explore=False)

@@ -14,6 +14,7 @@ from metaray.trial import TrialEnv
 
 # Every setting away from its default, so a reader that fell back to a default would show.
 OVERRIDES = ["task.reward_scale=0.5", "task.test_fraction=0.3", "task.episodes_per_trial=4", "seed=7",
+             "task.curriculum=plr", "task.plr.replay_prob=0.3", "task.plr.capacity=50",
              "model.hidden_size=24", "model.encoder_layers=[8]", "model.head_layers=[6]", "model.num_layers=2",
              "model.separate_critic=true", "model.max_seq_len=8", "model.arch=transformer", "model.num_heads=2",
              "model.context_len=5"]

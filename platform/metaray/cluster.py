@@ -15,16 +15,24 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+import grpc
 import ray
 from ray._private import ray_constants, services  # services resolves "auto" exactly as ray.init does
+from ray._private.authentication.grpc_authentication_client_interceptor import (
+    SyncAuthenticationMetadataClientInterceptor,
+)
+from ray._private.resource_and_label_spec import ResourceAndLabelSpec
 from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+from ray.core.generated import gcs_pb2, gcs_service_pb2, gcs_service_pb2_grpc
 
 import metaray
 from metaray.config import ConfigError, ExperimentConfig
 from metaray.models.cores import CORES
 from metaray.plugins import module_source
+from metaray.validation import check_resources
 
 _QUIET_ENV = {"PYTHONWARNINGS": "ignore::DeprecationWarning", "RAY_DEDUP_LOGS": "1"}
 
@@ -58,31 +66,133 @@ def runtime_env(cfg: ExperimentConfig) -> dict:
     return {"py_modules": modules, "env_vars": {k: v for k, v in _QUIET_ENV.items() if k not in job_vars}}
 
 
+#: Seconds a cluster has to answer before ``--address`` is refused.
+PROBE_TIMEOUT_S = 5.0
+
+
 def resolve_address(address: str | None, num_cpus: int | None) -> str | None:
-    """The Ray cluster to join (None: start a local Ray); ConfigError if nothing listens there.
+    """The Ray cluster to join (None: start a local Ray); ConfigError if no Ray answers there.
 
     ``RAY_ADDRESS`` (set by Ray inside ``ray job submit`` drivers) counts as ``--address``.
+    A GCS address (``HOST:PORT``, ``auto``) must answer Ray's own health RPC within
+    :data:`PROBE_TIMEOUT_S` and run this driver's Ray version; a Ray Client address
+    (``ray://``) must complete a gRPC handshake. Otherwise ``ray.init`` would hang on a port
+    where something else listens, or fail after a long traceback.
     """
+    if num_cpus is not None and num_cpus < 1:
+        raise ConfigError(f"--num-cpus must be >= 1, got {num_cpus}")
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address in (None, "local"):
         return None
     if num_cpus is not None:
         raise ConfigError(f"--num-cpus sizes the embedded local Ray; the cluster at {address} has its own CPUs")
-    if address == "auto":
-        try:
-            target = services.canonicalize_bootstrap_address_or_die("auto")
-        except ConnectionError as exc:
-            raise ConfigError(f"--address auto: {exc}".splitlines()[0]) from None
-    else:
-        target = address
+    target = _gcs_target(address)
     parsed = urlparse(target if "://" in target else f"ray://{target}")
-    host, port = parsed.hostname, parsed.port or 6379
+    try:
+        host, port = parsed.hostname, 6379 if parsed.port is None else parsed.port
+    except ValueError:
+        raise ConfigError(f"--address {address}: the port must be a number in 1-65535") from None
+    if not host or port == 0:
+        raise ConfigError(f"--address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
     try:
         with socket.create_connection((host, port), timeout=3):
             pass
     except OSError as exc:
         raise ConfigError(f"--address {address}: nothing listens at {host}:{port} ({exc.strerror or exc})") from None
+    if target.startswith("ray://"):
+        channel = grpc.insecure_channel(f"{host}:{port}")
+        try:
+            grpc.channel_ready_future(channel).result(timeout=PROBE_TIMEOUT_S)
+        except grpc.FutureTimeoutError:
+            raise ConfigError(f"--address {address}: {host}:{port} accepts connections but no Ray Client "
+                              f"server answered within {PROBE_TIMEOUT_S:g} s") from None
+        finally:
+            channel.close()
+    else:
+        version = _gcs_call(address, f"{host}:{port}", "CheckAlive", gcs_service_pb2.CheckAliveRequest()).ray_version
+        if version and version != ray.__version__:
+            raise ConfigError(f"--address {address}: the cluster runs Ray {version}, this driver Ray "
+                              f"{ray.__version__}; use the same version on both")
     return address
+
+
+def _gcs_target(address: str) -> str:
+    """``address`` with ``auto`` resolved to the GCS address of this node's cluster, as ray.init does."""
+    if address != "auto":
+        return address
+    try:
+        return services.canonicalize_bootstrap_address_or_die("auto")
+    except ConnectionError as exc:
+        raise ConfigError(f"--address auto: {exc}".splitlines()[0]) from None
+
+
+def _gcs_call(address: str, target: str, method: str, request: Any) -> Any:
+    """One NodeInfoGcsService RPC to the GCS at ``target`` (with this driver's Ray auth token,
+    if any); ConfigError within :data:`PROBE_TIMEOUT_S` if no Ray GCS answers."""
+    channel = grpc.insecure_channel(target)
+    try:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(
+            grpc.intercept_channel(channel, SyncAuthenticationMetadataClientInterceptor()))
+        return getattr(stub, method)(request, timeout=PROBE_TIMEOUT_S)
+    except grpc.RpcError as exc:
+        detail = (exc.details() or "").splitlines()[0] if exc.details() else ""
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise ConfigError(f"--address {address}: the cluster at {target} requires a Ray auth token "
+                              "(RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            detail = f"no answer within {PROBE_TIMEOUT_S:g} s"
+        raise ConfigError(f"--address {address}: no Ray cluster answered at {target} "
+                          f"({exc.code().name}: {detail[:160]})") from None
+    finally:
+        channel.close()
+
+
+def cluster_nodes(address: str) -> list[dict[str, float]] | None:
+    """Total resources of each alive node of the cluster at ``address``, asked of its GCS
+    before this driver joins; None for a Ray Client address (``ray://``), which has no GCS."""
+    target = _gcs_target(address)
+    if target.startswith("ray://"):
+        return None
+    target = target.split("://", 1)[-1]
+    reply = _gcs_call(address, target, "GetAllNodeInfo", gcs_service_pb2.GetAllNodeInfoRequest())
+    return [dict(node.resources_total) for node in reply.node_info_list
+            if node.state == gcs_pb2.GcsNodeInfo.GcsNodeState.ALIVE]
+
+
+def local_node_resources(num_cpus: int | None) -> dict[str, float]:
+    """The resources an embedded local Ray started with ``num_cpus`` gets, resolved as Ray does
+    (CPUs and GPUs of this machine or container, ``RAY_OVERRIDE_RESOURCES``)."""
+    spec = ResourceAndLabelSpec(num_cpus=num_cpus).resolve(is_head=True, node_ip_address="127.0.0.1")
+    return {name: float(amount) for name, amount in spec.to_resource_dict().items()}
+
+
+def check_cluster_fits(cfg: ExperimentConfig, address: str | None, num_cpus: int | None) -> None:
+    """ConfigError, before Ray starts, when the run asks for more than the embedded local Ray
+    (``address`` None) or the cluster at ``address`` has (see
+    :func:`metaray.validation.check_resources`). A Ray Client address is not checked."""
+    if address is None:
+        nodes = [local_node_resources(num_cpus)]
+        where = "the embedded local Ray" + (f" (--num-cpus {num_cpus})" if num_cpus else " (this machine)")
+    else:
+        nodes = cluster_nodes(address)
+        if nodes is None:
+            return
+        where = f"the cluster at {address} ({len(nodes)} node{'s' * (len(nodes) != 1)})"
+    check_resources(cfg, nodes, where)
+
+
+def joined_cluster(address: str) -> str:
+    """One line naming the cluster ``ray.init`` joined: its GCS address, nodes, CPUs and GPUs.
+    ``--address auto`` joins whatever cluster it finds on the node, so the user sees which."""
+    total = ray.cluster_resources()
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    try:
+        gcs = ray.get_runtime_context().gcs_address
+    except Exception:  # a Ray Client connection has no GCS address of its own
+        gcs = address
+    via = "" if gcs == address else f" (--address {address})"
+    return (f"joined Ray cluster {gcs}{via}: {nodes} node{'s' * (nodes != 1)}, "
+            f"{total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs")
 
 
 @contextmanager
@@ -124,3 +234,5 @@ def init_ray(cfg: ExperimentConfig, address: str | None = None, num_cpus: int | 
             log_to_driver=True,
             ignore_reinit_error=True,
         )
+    if address is not None:
+        print(joined_cluster(address), flush=True)

@@ -69,3 +69,29 @@ def save_figure(fig, path: Path | None) -> None:
     if path is not None:
         fig.savefig(path)
     plt.close(fig)
+
+
+def probe_figure(report: Mapping, title: str):
+    """Decodability (R²) of each feature group along the trial: the trained memory, the
+    untrained control and the Bayes ceiling, with the episode boundaries marked."""
+    groups = report["groups"]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups) + 2, 3.6), dpi=100, squeeze=False)
+    styles = {"probe": ("-", "trained memory"), "untrained": (":", "untrained network, same inputs"),
+              "input_only": ("-.", "current input only"), "bayes": ("--", "Bayes posterior mean")}
+    steps = np.arange(1, report["steps"] + 1)
+    for ax, (name, curves) in zip(axes[0], groups.items()):
+        for key, (style, label) in styles.items():
+            if key in curves:
+                ax.plot(steps, curves[key], style, label=label)
+        for start in report["episode_starts"][1:]:
+            ax.axvline(start + 0.5, color="grey", linewidth=0.5, alpha=0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(min(-0.05, *(min(c) for k, c in curves.items() if k in styles)), 1.02)
+        ax.set_xlabel("step of the trial (grey: episode boundaries)")
+        ax.set_ylabel("R² on held-out tasks")
+        ax.set_title(f"{name} ({curves['num_features']} features)", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.suptitle("\n".join(textwrap.wrap(title, _TITLE_CHARS + 20)), fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from metaray.config import ExperimentConfig
-from metaray.report import seeds_summary, write_report
+from metaray.report import experiment_header, seeds_summary, write_report
 from metaray.rllib_config import build_algorithm_config
 from metaray.train import save_config, train
 
@@ -23,13 +23,15 @@ def train_seeds(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> d
     Seed ``s`` trains in ``run_dir/seed_<s>`` (a complete run folder: resumable, with its own
     TensorBoard events and summary.json); each trial reserves what the algorithm needs
     (driver, env runners, learners), so Tune runs as many seeds at once as the cluster fits.
-    The aggregate report goes to ``run_dir/report``; ``resume`` continues every seed from its
-    latest checkpoint.
+    The aggregate report goes to ``run_dir/report``, naming each seed's run folder relative to
+    ``run_dir``; ``resume`` continues every seed from its latest checkpoint.
     """
     from ray import tune
 
     run_dir = run_dir.resolve()
     save_config(cfg, run_dir)
+    header = {**experiment_header(cfg), "split": "test", "seeds": list(cfg.seeds),
+              "num_trials": cfg.evaluation.final_num_trials, "explore": cfg.evaluation.explore}
     if cfg.task.family.endswith(".py"):  # Tune runs each trial in its own working directory
         cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, family=str(Path(cfg.task.family).resolve())))
 
@@ -52,8 +54,7 @@ def train_seeds(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> d
     runs = {}
     for seed in cfg.seeds:
         seed_dir = run_dir / f"seed_{seed}"
-        runs[seed] = {**json.loads((seed_dir / "summary.json").read_text()), "run_dir": str(seed_dir)}
-    header = {"name": cfg.name, "family": cfg.task.family, "split": "test", "seeds": list(cfg.seeds)}
+        runs[seed] = {**json.loads((seed_dir / "summary.json").read_text()), "run_dir": seed_dir.name}
     summary = seeds_summary(runs, header)
     write_report(summary, run_dir / "report")
     return summary

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import ray
+import torch
+from ray.rllib.core.columns import Columns
 
 from metaray.statistics import adaptation_metrics
 from metaray.tasks import SPLITS, Split
-from metaray.trial import TRIAL_INFO_KEY, TrialRecord
+from metaray.config import ExperimentConfig
+from metaray.trial import TRIAL_INFO_KEY, TrialEnv, TrialRecord, TrialTrace
 
 #: Key of the adaptation report in RLlib's evaluation results.
 ADAPTATION_KEY = "adaptation"
@@ -25,22 +29,32 @@ def evaluation_trials(split: Split, num_trials: int) -> list[tuple[Split, int]]:
     return [(split, i) for i in range(num_trials)]
 
 
-def _sample_assigned_trials(env_runner, trials: Sequence[tuple[str, int]], explore: bool) -> list[TrialRecord]:
-    """Runs on one EnvRunner: plays its share of trials, returns their records."""
+def _trace(episode, record: TrialRecord) -> TrialTrace:
+    """The per-step memory, inputs, actions and rewards of a finished trial's episode."""
+    state = episode.get_extra_model_outputs(Columns.STATE_OUT)
+    memory = np.concatenate([np.asarray(state[k]).reshape(len(episode), -1) for k in sorted(state)], axis=1)
+    return TrialTrace(record.split, record.index, memory.astype(np.float32),
+                      np.asarray(episode.get_observations()[:-1]), np.asarray(episode.get_actions()),
+                      np.asarray(episode.get_rewards(), dtype=np.float64))
+
+
+def _sample_assigned_trials(env_runner, trials: Sequence[tuple[str, int]], explore: bool,
+                            traces: bool) -> list[tuple[TrialRecord, TrialTrace | None]]:
+    """Runs on one EnvRunner: plays its share of trials, returns their records (and traces)."""
     num_envs = env_runner.num_envs
     env_runner.env.unwrapped.set_attr("trial_queue", [list(trials[j::num_envs]) for j in range(num_envs)])
     wanted = set(trials)
-    records: dict[tuple[str, int], TrialRecord] = {}
-    while len(records) < len(wanted):
-        episodes = env_runner.sample(num_episodes=len(wanted) - len(records), explore=explore)
+    played: dict[tuple[str, int], tuple[TrialRecord, TrialTrace | None]] = {}
+    while len(played) < len(wanted):
+        episodes = env_runner.sample(num_episodes=len(wanted) - len(played), explore=explore)
         for episode in episodes:
             if not episode.is_done:
                 continue
             record: TrialRecord = episode.get_infos(-1)[TRIAL_INFO_KEY]
             if (record.split, record.index) in wanted:
-                records[(record.split, record.index)] = record
+                played[(record.split, record.index)] = (record, _trace(episode, record) if traces else None)
     env_runner.env.unwrapped.set_attr("trial_queue", [[] for _ in range(num_envs)])
-    return [records[t] for t in trials]
+    return [played[t] for t in trials]
 
 
 def foreach_sampling_env_runner(env_runner_group, func):
@@ -49,27 +63,35 @@ def foreach_sampling_env_runner(env_runner_group, func):
     return env_runner_group.foreach_env_runner(func, local_env_runner=local_only)
 
 
-def run_trials_on_env_runners(eval_group, trials: Sequence[tuple[str, int]], explore: bool) -> list[TrialRecord]:
-    """Deal ``trials`` out to an EnvRunnerGroup's runners and collect their records in order."""
+def run_trials_on_env_runners(eval_group, trials: Sequence[tuple[str, int]], explore: bool,
+                              traces: bool = False) -> list[tuple[TrialRecord, TrialTrace | None]]:
+    """Deal ``trials`` out to an EnvRunnerGroup's runners and collect, in order, each trial's
+    record and (with ``traces``) its :class:`TrialTrace`."""
     num_shares = max(1, eval_group.num_remote_env_runners())
     trials = list(trials)
 
     def play_share(env_runner):
         share = trials[max(env_runner.worker_index - 1, 0) :: num_shares]
-        return _sample_assigned_trials(env_runner, share, explore)
+        return _sample_assigned_trials(env_runner, share, explore, traces)
 
     shares = foreach_sampling_env_runner(eval_group, play_share)
     if len(shares) != num_shares:
         raise RuntimeError(f"evaluation got results from {len(shares)} of {num_shares} env runners")
-    records = {(r.split, r.index): r for share in shares for r in share}
-    return [records[t] for t in trials]
+    played = {(record.split, record.index): (record, trace) for share in shares for record, trace in share}
+    return [played[t] for t in trials]
 
 
 def play_meta_policy(algo, trials: Sequence[tuple[Split, int]], explore: bool) -> list[TrialRecord]:
     """Play the learner's current weights on the given trials with the evaluation EnvRunners."""
+    return [record for record, _ in play_and_trace(algo, trials, explore, traces=False)]
+
+
+def play_and_trace(algo, trials: Sequence[tuple[Split, int]], explore: bool,
+                   traces: bool = True) -> list[tuple[TrialRecord, TrialTrace | None]]:
+    """:func:`play_meta_policy` that also returns each trial's step-by-step trace."""
     eval_group = algo.eval_env_runner_group
     eval_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
-    return run_trials_on_env_runners(eval_group, trials, explore)
+    return run_trials_on_env_runners(eval_group, trials, explore, traces)
 
 
 def evaluate_meta_policy(algo, num_trials: int, explore: bool) -> tuple[dict[str, dict[str, Any]], int]:
@@ -81,6 +103,19 @@ def evaluate_meta_policy(algo, num_trials: int, explore: bool) -> tuple[dict[str
     records = play_meta_policy(algo, trials, explore)
     report = {split: adaptation_metrics([r for r in records if r.split == split]) for split in ("test", "train")}
     return report, sum(r.num_steps for r in records)
+
+
+def untrained_memory(cfg: ExperimentConfig, traces: Sequence[TrialTrace]) -> list[np.ndarray]:
+    """The recurrent states that the run's initial network (seeded as training seeds it)
+    would have had on the traced trials' inputs: the probe's untrained control."""
+    from metaray.rllib_config import build_algorithm_config
+
+    torch.manual_seed(cfg.seed)
+    algo_config = build_algorithm_config(cfg)
+    module = algo_config.get_rl_module_spec(env=TrialEnv(algo_config.env_config)).build()
+    length = min(len(t.trial_obs) for t in traces)
+    obs = torch.from_numpy(np.stack([t.trial_obs[:length] for t in traces]).astype(np.float32))
+    return list(module.memory_trace(obs).numpy())
 
 
 def reseed_task_samplers(env_runner_group, seed: int, iteration: int) -> None:

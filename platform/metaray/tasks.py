@@ -80,11 +80,17 @@ class TaskFamily(ABC):
 
     Subclasses implement :meth:`sample_task` and :meth:`make_env`; they may override
     :meth:`task_key` (canonical hashable form of a task), :meth:`fixed_split` (a split the
-    benchmark itself defines) and :meth:`baselines`.
+    benchmark itself defines), :meth:`baselines`, and for the task-inference probe
+    (:mod:`metaray.probe`) :meth:`task_features` and :meth:`posterior_features`.
     """
 
     #: Where the task definition comes from (paper, benchmark); shown in reports.
     source: str = ""
+    #: The baseline (a key of :meth:`baselines`) that reports measure regret against besides
+    #: the best one on the evaluated trials: one optimal for the task distribution (e.g.
+    #: Bayes-optimal) or an oracle that knows the task (an upper bound). None: no baseline of
+    #: the family is either, so only the best-on-these-trials regret is reported.
+    reference_baseline: str | None = None
 
     @abstractmethod
     def sample_task(self, rng: np.random.Generator) -> Any:
@@ -104,6 +110,21 @@ class TaskFamily(ABC):
 
     def fixed_split(self, task: Any) -> Split | None:
         """The benchmark's own split of ``task``, or None to use hashed splitting."""
+        return None
+
+    def task_features(self, task: Any) -> dict[str, np.ndarray] | None:
+        """Named groups of numbers that identify ``task`` (e.g. arm probabilities), which
+        the probe tries to decode from the meta-policy's memory; None: not declared."""
+        return None
+
+    def posterior_features(self, observations: list, actions: list, rewards: list) -> dict[str, np.ndarray] | None:
+        """The Bayes posterior mean of :meth:`task_features` at every step of a trial.
+
+        ``observations[t]`` is the inner env's observation at step ``t`` (as the env returns
+        it), ``actions[t]`` and ``rewards[t]`` (raw) the action taken there and its reward.
+        Row ``t`` of each group is the posterior mean given everything before action ``t``
+        (the ceiling of what any memory can know when it acts); None: not declared.
+        """
         return None
 
     def baselines(self, episodes_per_trial: int) -> dict[str, Callable[[], TrialPolicy]]:

@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import gymnasium as gym
 import numpy as np
+import torch
 from torch import nn
 
 from ray.rllib.core.columns import Columns
@@ -143,6 +144,17 @@ class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Inf
         if embeddings is None:
             _, embeddings, _ = self._run_torsos(batch)
         return self.vf(embeddings).squeeze(-1)
+
+    def memory_trace(self, obs: torch.Tensor) -> torch.Tensor:
+        """The policy's recurrent state after each step of whole trials ``obs`` (``[B, T, in]``),
+        from the initial state, flattened as the probe reads it (keys in sorted order)."""
+        state = {k: torch.from_numpy(v).expand(len(obs), *v.shape) for k, v in self.get_initial_state().items()}
+        steps = []
+        with torch.no_grad():
+            for t in range(obs.shape[1]):
+                state = self._run_torsos({Columns.OBS: obs[:, t : t + 1], Columns.STATE_IN: state})[2]
+                steps.append(torch.cat([state[k].reshape(len(obs), -1) for k in sorted(state)], dim=1))
+        return torch.stack(steps, dim=1)
 
     @override(TargetNetworkAPI)
     def make_target_networks(self) -> None:
