@@ -45,6 +45,8 @@ for path in (ROOT / "platform", ROOT):
 
 from metaray.cluster import check_cluster_fits, resolve_address  # noqa: E402
 from metaray.config import ConfigError, ExperimentConfig, describe_options, load_config  # noqa: E402
+from metaray.models.cores import CORES  # noqa: E402
+from metaray.plugins import module_file  # noqa: E402
 from metaray.storage import (  # noqa: E402
     CheckpointError, RunMirror, check_fresh_folder, check_storage, create_run_folder, download_run, is_uri,
     latest_checkpoint, resolve_checkpoint, save_config,
@@ -122,6 +124,15 @@ def new_run_target(cfg: ExperimentConfig, storage: str, run_dir: Path | None) ->
     return run_dir, mirror
 
 
+def announce_user_code(cfg: ExperimentConfig, config_path: Path) -> None:
+    """Before a run folder's config.yaml makes us import code (its task family, its memory
+    core) and unpickle its checkpoint, say what is about to run: load only what you trust."""
+    for key, ref in (("task.family", cfg.task.family), ("model.arch", CORES.module_of(cfg.model.arch))):
+        if ref:
+            print(f"{key} from {config_path}: importing {module_file(ref, key, 'envs')} "
+                  "(resume or evaluate only run folders you trust)", flush=True)
+
+
 def evaluate_only(args: argparse.Namespace) -> int:
     """``--eval-only``: a report folder for one checkpoint, meta-policy and baselines side by side."""
     try:
@@ -129,7 +140,10 @@ def evaluate_only(args: argparse.Namespace) -> int:
             raise ConfigError(f"--checkpoint {args.checkpoint}: no such checkpoint")
         checkpoint = resolve_checkpoint(args.checkpoint)
         overrides = [*args.overrides, *(["evaluation.probe=true"] if args.probe else [])]
-        cfg = load_config(args.config or checkpoint.parent.parent / "config.yaml", overrides)
+        config_path = args.config or checkpoint.parent.parent / "config.yaml"
+        cfg = load_config(config_path, overrides)
+        if args.config is None:
+            announce_user_code(cfg, config_path)
         if args.trials is not None and args.trials <= 0:
             raise ConfigError(f"--trials must be > 0, got {args.trials}")
         num_trials = args.trials or cfg.evaluation.final_num_trials
@@ -185,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is not None:
             run_dir, mirror = resume_target(args.resume, args.run_dir)
             cfg = load_config(run_dir / "config.yaml", args.overrides)
+            announce_user_code(cfg, run_dir / "config.yaml")
         else:
             if args.config is None:
                 raise ConfigError("--config is required (or --resume RUN_DIR)")

@@ -207,3 +207,25 @@ def test_ctrl_c_checkpoints_and_says_how_to_resume(target, tmp_path, ray_session
     assert launch.main(["--resume", str(run_dir), "--set", f"training.total_env_steps={env_steps + 1000}"]) == 0
     assert f"resumed from {checkpoint} at iteration {iteration}" in capsys.readouterr().out
     assert json.loads((run_dir / "summary.json").read_text())["iterations"] == iteration + 1
+
+
+def test_resume_names_the_code_a_run_folder_imports_before_importing_it(tmp_path, capsys):
+    """A run folder's config.yaml decides which modules run: --resume says which, first."""
+    import yaml
+
+    import launch
+    from conftest import ROOT
+
+    family = tmp_path / "their_family.py"
+    family.write_text("raise SystemExit('imported')\n")  # what a crafted run folder could ship
+    run = tmp_path / "run"
+    (run / "checkpoints" / "iter_000001").mkdir(parents=True)
+    (run / "checkpoints" / "iter_000001" / "metaray_state.json").write_text('{"iteration": 1}')
+    config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    config["task"]["family"] = str(family)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    try:
+        launch.main(["--resume", str(run)])
+    except SystemExit as stop:
+        assert str(stop) == "imported"
+    assert f"task.family from {run / 'config.yaml'}: importing {family}" in capsys.readouterr().out

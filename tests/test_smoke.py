@@ -83,3 +83,21 @@ def test_evaluation_is_deterministic(tiny_run, ray_session):
     assert first == second
     assert env_steps == 2 * 50 * 10  # 50 trials of each split, 10 one-step pulls each
     assert first["test"]["trial_return_mean"] == pytest.approx(summary["eval"]["test"]["trial_return_mean"])
+
+
+@pytest.mark.parametrize("name", ["bandit_n10_k10", "bandit_n10_k50", "bandit_n100_k5", "bandit_n100_k10",
+                                  "bandit_n100_k50"])
+def test_rl2_table_1_configs_start(name, tmp_path, ray_session):
+    """Every RL² Table 1 config trains, evaluates and compares against its baselines (tiny budget)."""
+    from conftest import ROOT
+
+    config = ROOT / "configs" / f"{name}.yaml"
+    tiny = ["training.total_env_steps=2000", "training.train_batch_size=2000", "training.minibatch_size=1000",
+            "training.num_epochs=1", "model.hidden_size=16", "env_runners.num_envs_per_env_runner=4",
+            "evaluation.num_trials=4", "evaluation.final_num_trials=8", "evaluation.baselines=[random,gittins]"]
+    run_dir = tmp_path / "run"
+    assert launch.main(["--config", str(config), *(a for o in tiny for a in ("--set", o)), "--run-dir", str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    episodes = int(name.split("_n")[1].split("_")[0])
+    assert len(summary["eval"]["test"]["return_by_episode"]) == episodes
+    assert summary["baselines"]["gittins"]["trial_return_mean"] > summary["baselines"]["random"]["trial_return_mean"]

@@ -71,7 +71,8 @@ PROBE_TIMEOUT_S = 5.0
 
 
 def resolve_address(address: str | None, num_cpus: int | None) -> str | None:
-    """The Ray cluster to join (None: start a local Ray); ConfigError if no Ray answers there.
+    """The Ray cluster to join (None: start a local Ray; ``auto`` resolved to the GCS address
+    of the cluster found, so the driver joins the one checked); ConfigError if no Ray answers.
 
     ``RAY_ADDRESS`` (set by Ray inside ``ray job submit`` drivers) counts as ``--address``.
     A GCS address (``HOST:PORT``, ``auto``) must answer Ray's own health RPC within
@@ -113,7 +114,7 @@ def resolve_address(address: str | None, num_cpus: int | None) -> str | None:
         if version and version != ray.__version__:
             raise ConfigError(f"--address {address}: the cluster runs Ray {version}, this driver Ray "
                               f"{ray.__version__}; use the same version on both")
-    return address
+    return target
 
 
 def _gcs_target(address: str) -> str:
@@ -183,7 +184,8 @@ def check_cluster_fits(cfg: ExperimentConfig, address: str | None, num_cpus: int
 
 def joined_cluster(address: str) -> str:
     """One line naming the cluster ``ray.init`` joined: its GCS address, nodes, CPUs and GPUs.
-    ``--address auto`` joins whatever cluster it finds on the node, so the user sees which."""
+    ``--address auto`` joins whatever cluster it finds on the node (another user's embedded
+    Ray included), so the user sees which."""
     total = ray.cluster_resources()
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     try:

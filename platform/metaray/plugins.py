@@ -68,6 +68,25 @@ def module_source(ref: str, key: str) -> Path | None:
     return origin.parent if origin.name == "__init__.py" else origin
 
 
+def module_file(ref: str, key: str, default_package: str | None = None) -> str:
+    """The file that importing ``ref`` would run (found without running it).
+
+    Example:
+        >>> module_file("bandit", "task.family", "envs").endswith("envs/bandit.py")
+        True
+    """
+    if ref.endswith(".py"):
+        return str(Path(ref).resolve())
+    name = ref if "." in ref or default_package is None else f"{default_package}.{ref}"
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        spec = None
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"{key}: cannot import {ref!r} (no module {name})")
+    return spec.origin
+
+
 class Registry(Generic[T]):
     """Named implementations of one config key (e.g. ``model.arch``)."""
 
