@@ -94,7 +94,7 @@ def ray_head():
         "--node-manager-port": free_port(), "--object-manager-port": free_port(),
         "--ray-client-server-port": free_port(),
     }
-    command = ["ray", "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
                "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={env['RAY_TMPDIR']}/ray",
                "--disable-usage-stats", *(f"{k}={v}" for k, v in ports.items())]
     # A new session makes every process of this head one process group, stopped together below.

@@ -11,10 +11,10 @@ Gymnasium's API and the env's declared spaces, and the model fits in memory.
 Example:
     >>> from metaray.config import load_config
     >>> check_experiment(load_config("configs/quickstart.yaml"))
-    >>> check_experiment(load_config(None, ["model.arch=mamba"]))
+    >>> check_experiment(load_config(None, ["model.arch=mamba"]))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    metaray.config.ConfigError: model.arch must be one of ['gru', 'lstm', 'transformer'] or MODULE:NAME of a module that registers NAME, got 'mamba'
+    metaray.config.ConfigError: model.arch must be one of ['gru', 'lstm', 'transformer'...] or MODULE:NAME ..., got 'mamba'
 """
 
 from __future__ import annotations
