@@ -70,6 +70,19 @@ class _Torso(nn.Module):
         return self.head(core_out), state_out
 
 
+def trace_memory(step, initial_state: dict[str, np.ndarray], obs: torch.Tensor) -> torch.Tensor:
+    """``step(x, state) -> state`` one input at a time from ``initial_state`` over ``obs``
+    (``[B, T, in]``); the state after each step, its keys in sorted order, flattened:
+    ``[B, T, D]``, as the probe reads recorded states."""
+    state = {k: torch.from_numpy(v).expand(len(obs), *v.shape) for k, v in initial_state.items()}
+    steps = []
+    with torch.no_grad():
+        for t in range(obs.shape[1]):
+            state = step(obs[:, t : t + 1], state)
+            steps.append(torch.cat([state[k].reshape(len(obs), -1) for k in sorted(state)], dim=1))
+    return torch.stack(steps, dim=1)
+
+
 CRITIC_STATE_PREFIX = "critic_"
 
 
@@ -148,13 +161,8 @@ class RecurrentMetaPolicy(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Inf
     def memory_trace(self, obs: torch.Tensor) -> torch.Tensor:
         """The policy's recurrent state after each step of whole trials ``obs`` (``[B, T, in]``),
         from the initial state, flattened as the probe reads it (keys in sorted order)."""
-        state = {k: torch.from_numpy(v).expand(len(obs), *v.shape) for k, v in self.get_initial_state().items()}
-        steps = []
-        with torch.no_grad():
-            for t in range(obs.shape[1]):
-                state = self._run_torsos({Columns.OBS: obs[:, t : t + 1], Columns.STATE_IN: state})[2]
-                steps.append(torch.cat([state[k].reshape(len(obs), -1) for k in sorted(state)], dim=1))
-        return torch.stack(steps, dim=1)
+        return trace_memory(lambda x, state: self._run_torsos({Columns.OBS: x, Columns.STATE_IN: state})[2],
+                            self.get_initial_state(), obs)
 
     @override(TargetNetworkAPI)
     def make_target_networks(self) -> None:

@@ -60,7 +60,7 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.typing import ModuleID, NetworkType, StateDict, TensorType
 
 from metaray.config import ModelConfig, from_dict
-from metaray.models.policy import _Torso
+from metaray.models.policy import _Torso, trace_memory
 
 #: Key of the n-step horizon in the AlgorithmConfig's ``learner_config_dict``
 #: (RLlib's own ``n_step`` must stay 1 when it samples sequences).
@@ -174,13 +174,7 @@ class RecurrentQPolicy(TorchRLModule, QNetAPI, TargetNetworkAPI, InferenceOnlyAP
     def memory_trace(self, obs: torch.Tensor) -> torch.Tensor:
         """The recurrent state after each step of whole trials ``obs`` (``[B, T, in]``), from
         the initial state, flattened as the probe reads it (keys in sorted order)."""
-        state = {k: torch.from_numpy(v).expand(len(obs), *v.shape) for k, v in self.get_initial_state().items()}
-        steps = []
-        with torch.no_grad():
-            for t in range(obs.shape[1]):
-                _, state = self.torso(obs[:, t : t + 1], state)
-                steps.append(torch.cat([state[k].reshape(len(obs), -1) for k in sorted(state)], dim=1))
-        return torch.stack(steps, dim=1)
+        return trace_memory(lambda x, state: self.torso(x, state)[1], self.get_initial_state(), obs)
 
     @override(TargetNetworkAPI)
     def make_target_networks(self) -> None:
