@@ -75,3 +75,22 @@ def launch_tiny_run(tmp_path: Path, config: dict) -> dict:
     assert summary["env_steps"] >= config["training"]["total_env_steps"]
     assert summary["eval"]["test"]["num_trials"] == config["evaluation"]["final_num_trials"]
     return summary
+
+
+def train_bandit_and_check_adaptation(tmp_path: Path, config: str, budget: int, overshoot: int,
+                                      min_lead: float, extra: tuple[str, ...] = ()) -> dict:
+    """Train ``config`` for ``budget`` env steps through ``launch.main`` and assert that on 1000
+    held-out trials it beats random on the same trials by ``min_lead`` (and 3 standard errors)
+    and adapts in context: later pulls of a trial pay more than the first. Returns the summary."""
+    run_dir = tmp_path / "run"
+    args = ["--config", config, "--run-dir", str(run_dir), "--set", f"training.total_env_steps={budget}",
+            "--set", "evaluation.final_num_trials=1000", *extra]
+    assert launch.main(args) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    meta, random = summary["eval"]["test"], summary["baselines"]["random"]
+    assert summary["env_steps"] <= budget + overshoot  # the last iteration may overshoot
+    assert meta["num_trials"] == random["num_trials"] == 1000
+    margin = 3 * np.hypot(meta["trial_return_stderr"], random["trial_return_stderr"])
+    assert meta["trial_return_mean"] > random["trial_return_mean"] + max(margin, min_lead)
+    assert meta["adaptation_gain"] > 0.05
+    return summary

@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import launch
 from conftest import ROOT
+from helpers import train_bandit_and_check_adaptation
 from metaray.config import ConfigError, load_config
 from metaray.models.q_policy import RecurrentQPolicy, ape_x_epsilons, n_step_targets
 from metaray.validation import check_experiment
@@ -261,7 +262,10 @@ def test_launch_trains_evaluates_and_resumes_r2d2(ray_session, tmp_path, monkeyp
     assert resumed_summary["iterations"] > summary["iterations"] and resumed_summary["env_steps"] >= 2500
 
 
-R2D2_BANDIT_BUDGET = 40_000  # env steps; configs/bandit_r2d2.yaml measured 6.30 held-out here (random 5.02)
+#: env steps; configs/bandit_r2d2.yaml at this budget, seeds 0/1/2: held-out 6.389, 6.555, 6.310
+#: with adaptation gains 0.209, 0.197, 0.173 (random 5.02 on the same 1000 trials). At 40 k steps
+#: a CI run reached only 5.97 with a gain of 0.049.
+R2D2_BANDIT_BUDGET = 80_000
 
 
 @pytest.mark.learning
@@ -270,14 +274,5 @@ def test_r2d2_bandit_beats_random_on_held_out_tasks(ray_session, tmp_path, monke
     """R2D2 meta-learns the bandit: after a fixed env-step budget its held-out trial return is
     clearly above random on the same trials, and later pulls pay more than the first."""
     monkeypatch.chdir(ROOT)
-    run_dir = tmp_path / "bandit_r2d2"
-    args = ["--config", "configs/bandit_r2d2.yaml", "--run-dir", str(run_dir),
-            "--set", f"training.total_env_steps={R2D2_BANDIT_BUDGET}", "--set", "evaluation.final_num_trials=1000"]
-    assert launch.main(args) == 0
-    summary = json.loads((run_dir / "summary.json").read_text())
-    meta, random = summary["eval"]["test"], summary["baselines"]["random"]
-    assert summary["env_steps"] <= R2D2_BANDIT_BUDGET + 4_000  # one iteration of 4000 steps may overshoot
-    assert meta["num_trials"] == random["num_trials"] == 1000
-    margin = 3 * np.hypot(meta["trial_return_stderr"], random["trial_return_stderr"])
-    assert meta["trial_return_mean"] > random["trial_return_mean"] + max(margin, 0.5)
-    assert meta["adaptation_gain"] > 0.05
+    train_bandit_and_check_adaptation(tmp_path, "configs/bandit_r2d2.yaml", R2D2_BANDIT_BUDGET,
+                                      overshoot=4_000, min_lead=0.5)  # one iteration is 4000 steps
