@@ -20,13 +20,18 @@ VENV_PYTHON := $(VENV)/bin/python
 PIP_INSTALL := $(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check
 INSTALLED := $(VENV)/.installed
 
-.PHONY: quickstart test test-learning
+.PHONY: quickstart test test-fast test-learning
 
 quickstart: $(INSTALLED)
 	$(VENV_PYTHON) launch.py --config configs/quickstart.yaml
 
-# The default tier: everything but the learning tests (cluster and heavy_env included).
+# The whole suite, as CI runs it: the default tier, then the learning tier.
 test: $(INSTALLED)
+	$(MAKE) --no-print-directory test-fast
+	$(MAKE) --no-print-directory test-learning
+
+# The default tier: everything but the learning tests (cluster and heavy_env included).
+test-fast: $(INSTALLED)
 	$(VENV_PYTHON) -m pytest -m "not learning" $(PYTEST_ARGS)
 
 # Trains to learning targets within fixed env-step budgets.
