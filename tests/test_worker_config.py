@@ -8,7 +8,8 @@ import dataclasses
 import pytest
 
 from conftest import ROOT
-from metaray.config import ModelConfig, TaskConfig, load_config
+from metaray.config import ModelConfig, R2D2Config, TaskConfig, load_config
+from metaray.models.q_policy import N_STEP_KEY
 from metaray.rllib_config import build_algorithm_config
 from metaray.trial import TrialEnv
 
@@ -49,3 +50,22 @@ def test_rl_module_rebuilds_every_model_field(cfg):
     module = algo_config.get_rl_module_spec(env=env).build()
     assert module.model == cfg.model
     assert module.critic_torso is not None and len(module.torso.encoder) == 2  # Linear + Tanh
+
+
+R2D2_OVERRIDES = ["training.algorithm=R2D2", "model.max_seq_len=8", "training.r2d2.batch_size=256",
+                  "training.r2d2.replay_ratio=2", "training.r2d2.replay_capacity=5000",
+                  "training.r2d2.learning_starts=100", "training.r2d2.n_step=2", "training.r2d2.double_q=false",
+                  "training.r2d2.dueling=false", "training.r2d2.target_update_period=7", "training.r2d2.epsilon=0.3",
+                  "training.r2d2.epsilon_alpha=3", "training.r2d2.burn_in_len=2",
+                  "training.r2d2.replay_in_checkpoints=false"]
+
+
+def test_q_module_rebuilds_every_r2d2_field():
+    cfg = load_config(ROOT / "configs/quickstart.yaml", R2D2_OVERRIDES)
+    at_default = [f.name for f in dataclasses.fields(R2D2Config)
+                  if getattr(cfg.training.r2d2, f.name) == getattr(R2D2Config(), f.name)]
+    assert not at_default, f"R2D2Config: give {at_default} non-default values in R2D2_OVERRIDES"
+    algo_config = build_algorithm_config(cfg)
+    module = algo_config.get_rl_module_spec(env=TrialEnv(algo_config.env_config)).build()
+    assert module.r2d2 == cfg.training.r2d2 and module.model == cfg.model
+    assert algo_config.learner_config_dict[N_STEP_KEY] == cfg.training.r2d2.n_step

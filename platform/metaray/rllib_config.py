@@ -27,7 +27,7 @@ from ray.rllib.utils.metrics import EVALUATION_RESULTS
 
 from metaray.config import ExperimentConfig
 from metaray.models.policy import RecurrentMetaPolicy
-from metaray.models.q_policy import N_STEP_KEY, R2D2, R2D2Learner, RecurrentQPolicy, assign_exploration_rates
+from metaray.models.q_policy import N_STEP_KEY, R2D2, R2D2_KEY, R2D2Learner, RecurrentQPolicy, assign_exploration_rates
 from metaray.plugins import Registry
 from metaray.rollouts import ADAPTATION_KEY, evaluate_meta_policy
 from metaray.trial import TRIAL_INFO_KEY, TrialEnv
@@ -144,10 +144,8 @@ def meta_policy_spec(cfg: ExperimentConfig) -> RLModuleSpec:
     model_config = dataclasses.asdict(cfg.model)
     if cfg.training.algorithm != "R2D2":
         return RLModuleSpec(module_class=RecurrentMetaPolicy, model_config=model_config)
-    r2d2 = cfg.training.r2d2
-    return RLModuleSpec(module_class=RecurrentQPolicy, model_config={
-        **model_config, "dueling": r2d2.dueling, "epsilon": r2d2.epsilon,
-        "epsilon_alpha": r2d2.epsilon_alpha, "burn_in_len": r2d2.burn_in_len})
+    return RLModuleSpec(module_class=RecurrentQPolicy,
+                        model_config={**model_config, R2D2_KEY: dataclasses.asdict(cfg.training.r2d2)})
 
 
 def build_algorithm_config(cfg: ExperimentConfig, task_pool: str | None = None) -> AlgorithmConfig:

@@ -21,7 +21,7 @@ Example:
     >>> module = RecurrentQPolicy(
     ...     observation_space=gym.spaces.Box(-np.inf, np.inf, (8,), np.float32),
     ...     action_space=gym.spaces.Discrete(5),
-    ...     model_config={"hidden_size": 16, "epsilon": 0.0},
+    ...     model_config={"hidden_size": 16, R2D2_KEY: {"epsilon": 0.0}},
     ... )
     >>> state = {k: torch.from_numpy(v).expand(3, *v.shape) for k, v in module.get_initial_state().items()}
     >>> out = module.forward_exploration({"obs": torch.zeros(3, 1, 8), "state_in": state}, t=0)
@@ -59,8 +59,11 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.typing import ModuleID, NetworkType, StateDict, TensorType
 
-from metaray.config import ModelConfig, from_dict
+from metaray.config import ModelConfig, R2D2Config, from_dict
 from metaray.models.policy import _Torso, trace_memory
+
+#: Key of the :class:`~metaray.config.R2D2Config` (as a dict) in the module's ``model_config``.
+R2D2_KEY = "r2d2"
 
 #: Key of the n-step horizon in the AlgorithmConfig's ``learner_config_dict``
 #: (RLlib's own ``n_step`` must stay 1 when it samples sequences).
@@ -95,18 +98,16 @@ class _QHead(nn.Module):
 
 class RecurrentQPolicy(TorchRLModule, QNetAPI, TargetNetworkAPI, InferenceOnlyAPI):
     """Recurrent Q-network meta-policy; ``model_config`` is a :class:`metaray.config.ModelConfig`
-    as a dict plus ``dueling``, ``epsilon``, ``epsilon_alpha`` and ``burn_in_len``."""
+    as a dict plus, under :data:`R2D2_KEY`, a :class:`metaray.config.R2D2Config` as a dict."""
 
     @override(TorchRLModule)
     def setup(self):
         if not isinstance(self.action_space, gym.spaces.Discrete):
             raise ValueError(f"a Q-network needs a Discrete action space, got {self.action_space}")
         self.model = from_dict(ModelConfig, self.model_config, ignore_unknown=True)
-        self.epsilon = float(self.model_config.get("epsilon", 0.4))
-        self.epsilon_alpha = float(self.model_config.get("epsilon_alpha", 7.0))
-        self.burn_in_len = int(self.model_config.get("burn_in_len", 0))
+        self.r2d2 = from_dict(R2D2Config, self.model_config.get(R2D2_KEY, {}))
         self.torso = _Torso(int(np.prod(self.observation_space.shape)), self.model)
-        self.q_head = _QHead(self.torso.out_size, int(self.action_space.n), self.model_config.get("dueling", True))
+        self.q_head = _QHead(self.torso.out_size, int(self.action_space.n), self.r2d2.dueling)
         # Per-env exploration rates of this env runner; set by assign_exploration_rates.
         self.env_epsilons: torch.Tensor | None = None
 
@@ -118,7 +119,7 @@ class RecurrentQPolicy(TorchRLModule, QNetAPI, TargetNetworkAPI, InferenceOnlyAP
         """Give each of this runner's ``num_envs`` envs its Ape-X rate; the actors are all
         envs of all sampling runners (runner ``worker_index`` 1..N, or the driver's as 0)."""
         runner = max(worker_index - 1, 0)
-        rates = ape_x_epsilons(self.epsilon, self.epsilon_alpha, runner * num_envs, num_envs,
+        rates = ape_x_epsilons(self.r2d2.epsilon, self.r2d2.epsilon_alpha, runner * num_envs, num_envs,
                                max(num_env_runners, 1) * num_envs)
         self.env_epsilons = torch.tensor(rates, dtype=torch.float32)
 
@@ -141,7 +142,7 @@ class RecurrentQPolicy(TorchRLModule, QNetAPI, TargetNetworkAPI, InferenceOnlyAP
     def _forward_exploration(self, batch: dict[str, Any], t: int = 0, **kwargs) -> dict[str, Any]:
         out = self.compute_q_values(batch)
         q = out[QF_PREDS]  # [B, T, actions]
-        epsilon = torch.full(q.shape[:1], self.epsilon, device=q.device)
+        epsilon = torch.full(q.shape[:1], self.r2d2.epsilon, device=q.device)
         if self.env_epsilons is not None and len(self.env_epsilons) == len(q):
             epsilon = self.env_epsilons.to(q.device)
         explore = torch.rand(q.shape[:-1], device=q.device) < epsilon.view(-1, *([1] * (q.dim() - 2)))
@@ -166,7 +167,7 @@ class RecurrentQPolicy(TorchRLModule, QNetAPI, TargetNetworkAPI, InferenceOnlyAP
         # network starts from the same stored state.
         obs = torch.cat([batch[Columns.OBS][:, :1], batch[Columns.NEXT_OBS]], dim=1)
         state = batch[Columns.STATE_IN]
-        q = self._q_sequence(self.torso, self.q_head, obs, state, self.burn_in_len)
+        q = self._q_sequence(self.torso, self.q_head, obs, state, self.r2d2.burn_in_len)
         with torch.no_grad():
             q_target, _ = self._q(self._target_torso, self._target_q_head, obs, state)
         return {QF_PREDS: q[:, :-1], QF_NEXT_PREDS: q[:, 1:].detach(), QF_TARGET_NEXT_PREDS: q_target[:, 1:]}
@@ -240,7 +241,7 @@ class R2D2Learner(DQNTorchLearner):
         best_next = (fwd_out[QF_NEXT_PREDS] if config.double_q else fwd_out[QF_TARGET_NEXT_PREDS]).argmax(-1)
         next_values = fwd_out[QF_TARGET_NEXT_PREDS].gather(-1, best_next.unsqueeze(-1)).squeeze(-1)
         next_values = next_values * (1.0 - batch[Columns.TERMINATEDS].float())
-        n_step = int(config.learner_config_dict.get(N_STEP_KEY, 1))
+        n_step = int(config.learner_config_dict[N_STEP_KEY])
         targets = n_step_targets(batch[Columns.REWARDS].float(), next_values, valid, config.gamma, n_step).detach()
         trained = valid.clone()
         trained[:, : config.burn_in_len] = False
