@@ -85,6 +85,25 @@ def test_evaluation_is_deterministic(tiny_run, ray_session):
     assert first["test"]["trial_return_mean"] == pytest.approx(summary["eval"]["test"]["trial_return_mean"])
 
 
+def test_evaluation_counts_env_steps_not_episodes(ray_session):
+    """On a family whose episodes last several steps the evaluation reports every step played:
+    trials x episodes per trial x steps per episode, on each split."""
+    from conftest import ROOT
+    from metaray.config import load_config
+    from metaray.rllib_config import build_algorithm_config
+    from metaray.rollouts import evaluate_meta_policy
+
+    cfg = load_config(ROOT / "configs" / "tabular_mdp_n10.yaml", [
+        "model.hidden_size=8", "model.encoder_layers=[]", "task.episodes_per_trial=3",
+        "env_runners.num_envs_per_env_runner=2", "evaluation.num_envs_per_env_runner=2"])
+    algo = build_algorithm_config(cfg).build_algo()
+    try:
+        _, env_steps = evaluate_meta_policy(algo, 4, explore=False)
+    finally:
+        algo.stop()
+    assert env_steps == 2 * 4 * 3 * cfg.task.params["horizon"]
+
+
 @pytest.mark.parametrize("name", ["bandit_n10_k10", "bandit_n10_k50", "bandit_n100_k5", "bandit_n100_k10",
                                   "bandit_n100_k50"])
 def test_rl2_table_1_configs_start(name, tmp_path, ray_session):
