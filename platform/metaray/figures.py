@@ -73,19 +73,29 @@ def save_figure(fig, path: Path | None) -> None:
 
 def probe_figure(report: Mapping, title: str):
     """Decodability (R²) of each feature group along the trial: the trained memory, the
-    untrained control and the Bayes ceiling, with the episode boundaries marked."""
+    untrained control and the Bayes ceiling, with the episode boundaries marked.
+
+    >>> fig = probe_figure({"steps": 30, "episode_starts": [0, 10, 20], "groups": {"goal": {
+    ...     "num_features": 2, "probe": [0.5] * 30}}}, "three episodes of ten steps")
+    >>> [int(t) for t in fig.axes[0].get_xticks()]
+    [10, 20, 30]
+    >>> save_figure(fig, None)
+    """
     groups = report["groups"]
     fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups) + 2, 3.6), dpi=100, squeeze=False)
     styles = {"probe": ("-", "trained memory"), "untrained": (":", "untrained network, same inputs"),
               "input_only": ("-.", "current input only"), "bayes": ("--", "Bayes posterior mean")}
     steps = np.arange(1, report["steps"] + 1)
+    # Ticks on each episode's last step (thinned to about ten), so they line up with the boundaries.
+    episode_ends = [*report["episode_starts"][1:], report["steps"]]
+    ticks = episode_ends[::-(-len(episode_ends) // 10)]
     for ax, (name, curves) in zip(axes[0], groups.items()):
         for key, (style, label) in styles.items():
             if key in curves:
                 ax.plot(steps, curves[key], style, label=label)
         for start in report["episode_starts"][1:]:
             ax.axvline(start + 0.5, color="grey", linewidth=0.5, alpha=0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xticks(ticks)
         ax.set_ylim(min(-0.05, *(min(c) for k, c in curves.items() if k in styles)), 1.02)
         ax.set_xlabel("step of the trial (grey: episode boundaries)")
         ax.set_ylabel("R² on held-out tasks")
