@@ -120,6 +120,21 @@ def test_every_numeric_field_declares_its_range():
     assert not undeclared
 
 
+def _just_outside(key, f):
+    """A --set value just past each bound declared beside the field (list fields get a one-item list)."""
+    is_list = "list" in str(f.type)  # the annotation as written: config.py postpones annotations
+    for name, bound in f.metadata["bounds"].items():
+        value = {"gt": bound, "lt": bound, "ge": bound - 1, "le": bound + 1}[name]
+        yield f"{key}={[value] if is_list else value}"
+
+
+@pytest.mark.parametrize("assignment", [a for key, f in _numeric_fields() for a in _just_outside(key, f)])
+def test_values_just_outside_the_declared_range_are_refused(assignment):
+    key = assignment.partition("=")[0]
+    with pytest.raises(ConfigError, match=re.escape(key) + " must be"):
+        load_config(None, [assignment])
+
+
 @pytest.mark.parametrize("key", [key for key, _ in _numeric_fields()])
 def test_nan_and_infinity_are_refused_for_every_numeric_key(key):
     for value in (".nan", ".inf"):
