@@ -343,6 +343,30 @@ def test_launch_at_a_port_where_ray_does_not_answer_exits_2(not_ray, tmp_path):
     assert seconds < 60  # on the code before this check: ray.init waited forever
 
 
+def test_the_embedded_ray_ignores_the_cluster_of_the_last_ray_start():
+    """`ray start` leaves its address in RAY_TMPDIR/ray/ray_current_cluster, and plain
+    ``ray.init()`` joins that cluster, or waits forever once it is gone: without --address a run
+    starts its own Ray all the same."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="mr", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    (temp_dir / "ray").mkdir()
+    stale = f"127.0.0.1:{free_port()}"
+    (temp_dir / "ray" / "ray_current_cluster").write_text(stale)
+    script = ("import ray; from metaray.cluster import init_ray; from metaray.config import ExperimentConfig; "
+              "init_ray(ExperimentConfig(), None, 1); print(ray.get_runtime_context().gcs_address)")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update({"RAY_TMPDIR": str(temp_dir), "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}", "RAY_AUTH_MODE": "disabled"})
+    driver = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = driver.communicate(timeout=90)
+    finally:
+        stop_process_group(driver.pid)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert driver.returncode == 0, err[-3000:]
+    address = out.strip().splitlines()[-1]
+    assert address.startswith("127.0.0.1:") and address != stale
+
+
 @pytest.fixture(scope="module")
 def ray_head():
     """A private `ray start --head` on loopback (its own RAY_TMPDIR, so `auto` finds it and

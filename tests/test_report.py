@@ -182,6 +182,32 @@ def test_committed_reports_name_their_own_figures_and_summaries():
             assert (report.parent / name).is_file(), f"{report.relative_to(ROOT)} names missing {name}"
 
 
+def test_committed_reports_agree_with_their_summaries():
+    """A committed report's trial-return table is the summary it wrote beside it, and its
+    baselines are those of the training run's summary in the same folder: baselines are
+    deterministic, so on the same held-out trials they must score the same."""
+    pairs = runs = 0
+    for report in RESULTS.rglob("report*.md"):
+        markdown = report.read_text()
+        rows = _table(markdown, "## Trial return")
+        name = report.relative_to(ROOT)
+        summary = report.with_name(report.name.replace("report", "summary", 1).replace(".md", ".json"))
+        if summary.is_file():
+            pairs += 1
+            policies = json.loads(summary.read_text())["policies"]
+            assert set(rows) == set(policies), name
+            for policy, m in policies.items():
+                expected = [m["trial_return_mean"], *m["trial_return_ci95"], m["trial_return_iqm"],
+                            *m["trial_return_iqm_ci95"]]
+                assert rows[policy][:6] == pytest.approx(expected, abs=6e-4), f"{name}: {policy}"
+        run_summary = report.with_name("run_summary.json")
+        if run_summary.is_file() and "on the test split" in markdown.splitlines()[0]:
+            runs += 1
+            for policy, m in json.loads(run_summary.read_text())["baselines"].items():
+                assert rows[policy][0] == pytest.approx(m["trial_return_mean"], abs=6e-4), f"{name}: {policy}"
+    assert pairs >= 5 and runs >= 5, (pairs, runs)
+
+
 def test_paired_regret_cancels_shared_task_variance():
     task_difficulty = np.random.default_rng(1).normal(0, 10, size=(100, 1))
     ours = _records(task_difficulty + np.zeros((100, 3)))

@@ -209,6 +209,27 @@ def test_ctrl_c_checkpoints_and_says_how_to_resume(target, tmp_path, ray_session
     assert json.loads((run_dir / "summary.json").read_text())["iterations"] == iteration + 1
 
 
+def test_ctrl_c_during_seeds_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    """On Ctrl-C Ray Tune's fit() returns without an error and the seeds under way have no
+    summary.json: the launch ends as interrupted (exit 130, the --resume line), not in a traceback."""
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    class InterruptedTuner:  # what Tuner.fit returns after Ctrl-C
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def fit(self):
+            return SimpleNamespace(errors=[])
+
+    monkeypatch.setattr(tune, "Tuner", InterruptedTuner)
+    monkeypatch.setattr("metaray.cluster.init_ray", lambda *args: None)  # no Ray: Tune is the double
+    run_dir = tmp_path / "seeds"
+    assert launch.main([*TINY, "--set", "seeds=[0, 1]", "--run-dir", str(run_dir), "--num-cpus", "1"]) == 130
+    assert capsys.readouterr().err == f"interrupted: continue with: python launch.py --resume {run_dir}\n"
+
+
 def test_resume_names_the_code_a_run_folder_imports_before_importing_it(tmp_path, capsys):
     """A run folder's config.yaml decides which modules run: --resume says which, first."""
     import yaml

@@ -220,7 +220,8 @@ def loopback_node() -> Iterator[None]:
 
 
 def init_ray(cfg: ExperimentConfig, address: str | None = None, num_cpus: int | None = None) -> None:
-    """Start an embedded local Ray on loopback (``address=None``) or join the cluster at ``address``."""
+    """Start an embedded local Ray on loopback (``address=None``), whatever other Ray runs on this
+    machine, or join the cluster at ``address``."""
     os.environ.update(_QUIET_ENV)
     logging.getLogger("ray").setLevel(logging.ERROR)
     if job_runtime_env().get("py_modules"):
@@ -228,7 +229,9 @@ def init_ray(cfg: ExperimentConfig, address: str | None = None, num_cpus: int | 
         os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
     with loopback_node() if address is None else nullcontext():
         ray.init(
-            address=address,
+            # "local", not None: ray.init(None) joins the cluster named in Ray's ray_current_cluster
+            # file (the last `ray start` on this machine), and hangs when that cluster is gone.
+            address=address or "local",
             num_cpus=num_cpus if address is None else None,
             runtime_env=runtime_env(cfg),
             include_dashboard=False if address is None else None,

@@ -24,7 +24,8 @@ def train_seeds(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> d
     TensorBoard events and summary.json); each trial reserves what the algorithm needs
     (driver, env runners, learners), so Tune runs as many seeds at once as the cluster fits.
     The aggregate report goes to ``run_dir/report``, naming each seed's run folder relative to
-    ``run_dir``; ``resume`` continues every seed from its latest checkpoint.
+    ``run_dir``; ``resume`` continues every seed from its latest checkpoint. Ctrl-C stops every
+    seed at its last checkpoint and raises KeyboardInterrupt.
     """
     from ray import tune
 
@@ -51,6 +52,9 @@ def train_seeds(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> d
     results = tuner.fit()
     if results.errors:
         raise RuntimeError(f"{len(results.errors)} of {len(cfg.seeds)} seeds failed: {results.errors[0]}")
+    unfinished = [seed for seed in cfg.seeds if not (run_dir / f"seed_{seed}" / "summary.json").is_file()]
+    if unfinished:  # Tune's fit() returns without an error on Ctrl-C, the seeds under way unfinished
+        raise KeyboardInterrupt(f"seeds {unfinished} stopped by Ctrl-C before they finished")
     runs = {}
     for seed in cfg.seeds:
         seed_dir = run_dir / f"seed_{seed}"
