@@ -156,3 +156,15 @@ def test_algorithm_choices_are_the_registry():
 
     hint = typing.get_type_hints(TrainingConfig)["algorithm"]
     assert typing.get_args(hint) == ALGORITHMS.names()
+
+
+@pytest.mark.parametrize("name", ["bandit_n100_k5", "bandit_n100_k10", "bandit_n100_k50"])
+def test_100_pull_bandits_leave_out_the_intractable_bayes_optimal_dp(name):
+    """With their default baselines the 100-pull RL² Table 1 configs would otherwise stall in
+    the exact DP (no answer within a minute at 30 pulls); naming it is refused before Ray."""
+    from conftest import ROOT
+
+    config = ROOT / "configs" / f"{name}.yaml"
+    check_family(load_config(config))
+    with pytest.raises(ConfigError, match="unknown baseline 'bayes_optimal' .* task.episodes_per_trial=100"):
+        check_family(load_config(config, ["evaluation.baselines=[random, bayes_optimal]"]))

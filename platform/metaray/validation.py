@@ -70,8 +70,8 @@ def check_family(cfg: ExperimentConfig) -> None:
     for name in cfg.evaluation.baselines or ():
         if name not in available:
             raise ConfigError(
-                f"evaluation.baselines: unknown baseline {name!r} for family "
-                f"{cfg.task.family!r} (available: {', '.join(available)})"
+                f"evaluation.baselines: unknown baseline {name!r} for family {cfg.task.family!r} with "
+                f"task.episodes_per_trial={cfg.task.episodes_per_trial} (available: {', '.join(available)})"
             )
 
 
