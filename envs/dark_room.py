@@ -109,6 +109,9 @@ class DarkRoom(TaskFamily):
 
     source = "Laskin et al. 2022, Algorithm Distillation, sec. 5 (Dark Room, Dark Key-to-Door)"
     reference_baseline = "oracle"  # knows the task: an upper bound
+    # The cell as a class besides its coordinates: accuracy says whether the memory pins the cell
+    # down, R² of the coordinates how close it gets before it does.
+    discrete_features = frozenset({"goal_cell", "key_cell", "door_cell"})
 
     def __init__(self, variant: str = "room", size: int = 9, horizon: int | None = None, start: list[int] | None = None):
         if variant not in ("room", "key_to_door"):
@@ -135,8 +138,18 @@ class DarkRoom(TaskFamily):
         return repr(tuple(int(v) for v in task))
 
     def task_features(self, task: tuple[int, ...]) -> dict[str, np.ndarray]:
+        """Each hidden cell as coordinates and as a class (``row * size + col``).
+
+        Example:
+            >>> DarkRoom(size=9).task_features((4, 5))
+            {'goal': array([4., 5.]), 'goal_cell': array([41])}
+        """
         names = ("key", "door") if self.key_to_door else ("goal",)
-        return {name: np.array(cell, dtype=np.float64) for name, cell in zip(names, task_cells(task))}
+        features = {}
+        for name, (row, col) in zip(names, task_cells(task)):
+            features[name] = np.array([row, col], dtype=np.float64)
+            features[f"{name}_cell"] = np.array([row * self.size + col])
+        return features
 
     def make_env(self) -> DarkRoomEnv:
         return DarkRoomEnv(self.size, self.start, self.horizon, self.key_to_door)

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from conftest import ROOT, tiny_run_args
-from metaray.probe import posterior_r2, probe_r2, r2_score, ridge_predict
-from metaray.tasks import load_family
+from metaray.probe import (chance_accuracy, posterior_accuracy, posterior_r2, probe_accuracy, probe_r2, probe_report,
+                           r2_score, ridge_predict, summarize)
+from metaray.tasks import TaskSplit, load_family
+from metaray.trial import TrialTrace
 
 
 @pytest.fixture
@@ -56,6 +58,65 @@ def test_r2_of_the_true_posterior_is_its_ceiling():
     features = rng.normal(size=(400, 2))
     posterior = np.stack([np.zeros_like(features), features], axis=1)  # step 1 knows nothing, step 2 all
     assert posterior_r2(posterior, features) == pytest.approx([0.0, 1.0], abs=0.01)
+
+
+def test_exact_class_decodes_fully_and_noise_at_chance():
+    rng = np.random.default_rng(6)
+    labels = rng.integers(8, size=600)
+    exact = np.repeat(np.eye(8)[labels][:, None], 3, axis=1) + rng.normal(0, 0.1, size=(600, 3, 8))
+    noise = rng.normal(size=(600, 3, 8))
+    assert probe_accuracy(exact, labels) == pytest.approx([1.0] * 3, abs=0.01)
+    assert probe_accuracy(noise, labels) == pytest.approx([chance_accuracy(labels)] * 3, abs=0.05)
+
+
+def test_chance_is_the_most_frequent_class_not_one_over_the_classes():
+    """With unbalanced classes a state that knows nothing still scores the majority's share."""
+    rng = np.random.default_rng(7)
+    labels = rng.choice(4, size=2000, p=[0.55, 0.15, 0.15, 0.15])
+    assert chance_accuracy(labels) == pytest.approx(0.55, abs=0.03)
+    assert probe_accuracy(rng.normal(size=(2000, 1, 8)), labels)[0] == pytest.approx(chance_accuracy(labels), abs=0.02)
+
+
+def test_accuracy_of_the_posterior_is_that_of_its_most_probable_class():
+    labels = np.random.default_rng(8).integers(3, size=100)
+    knows_nothing = np.tile([0.5, 0.3, 0.2], (100, 1))  # always guesses class 0
+    knows_all = np.eye(3)[labels] * 0.6 + 0.1
+    accuracy = posterior_accuracy(np.stack([knows_nothing, knows_all], axis=1), labels)
+    assert accuracy == pytest.approx([np.mean(labels[50:] == 0), 1.0])
+
+
+def test_dark_room_goal_cell_is_probed_by_accuracy_and_its_coordinates_by_r2():
+    """probe_report on traces whose memory holds the goal cell one-hot: the declared discrete
+    group is scored by accuracy against chance, the coordinates by R², and the report, the
+    figure and the TensorBoard scalars say which."""
+    from metaray.figures import probe_figure, save_figure
+    from metaray.report import probe_markdown
+
+    split = TaskSplit(load_family("dark_room", {"size": 5, "horizon": 2}), test_fraction=0.4, seed=0)
+    rng = np.random.default_rng(9)
+    width = 5 + 5 + 5 + 2  # one-hot row and column, one-hot action, reward, done
+    obs = np.zeros((2, width))
+    obs[:, [2, 7]] = 1.0  # the start cell, (2, 2)
+    traces, untrained = [], []
+    for index in range(200):
+        cell = split.family.task_features(split.task_at("test", index))["goal_cell"][0]
+        memory = np.repeat(np.eye(25)[cell][None], 2, axis=0) + rng.normal(0, 0.01, size=(2, 25))
+        traces.append(TrialTrace("test", index, memory, obs, np.zeros(2, np.int64), np.zeros(2)))
+        untrained.append(rng.normal(size=(2, 25)))
+    report = probe_report(split, 1.0, traces, untrained)
+    cell, coordinates = report["groups"]["goal_cell"], report["groups"]["goal"]
+    assert set(cell) == {"probe", "untrained", "input_only", "chance", "num_classes"}
+    assert cell["probe"] == pytest.approx([1.0, 1.0]) and coordinates["probe"] == pytest.approx([1.0, 1.0], abs=0.01)
+    assert max(cell["input_only"]) < 0.3 and 1 / cell["num_classes"] <= cell["chance"][0] < 0.3  # the input is constant
+    assert coordinates["num_features"] == 2 and "chance" not in coordinates
+    assert {"probe_last_accuracy", "chance_mean_accuracy"} <= set(summarize(report)["goal_cell"])
+    assert "probe_last_r2" in summarize(report)["goal"]
+    markdown = "\n".join(probe_markdown(report))
+    assert f"**goal_cell** ({cell['num_classes']} classes, accuracy)" in markdown
+    assert "**goal** (2 features, R²)" in markdown
+    fig = probe_figure(report, "synthetic")
+    assert [ax.get_ylabel() for ax in fig.axes] == ["R² on held-out tasks", "accuracy on held-out tasks"]
+    save_figure(fig, None)
 
 
 def test_bandit_posterior_is_the_beta_mean_before_each_pull():
@@ -122,7 +183,7 @@ def test_probe_during_training_goes_to_tensorboard(tmp_path, ray_session):
     assert launch.main(args) == 0
     events = EventAccumulator(str(run_dir))
     events.Reload()
-    r2 = events.Scalars("probe/arm_probs/probe_last")
+    r2 = events.Scalars("probe/arm_probs/probe_last_r2")
     assert [point.step for point in r2] == [1000, 2000]  # every periodic evaluation (interval 1)
-    assert {"probe/arm_probs/bayes_mean", "probe/arm_probs/untrained_last"} <= set(events.Tags()["scalars"])
+    assert {"probe/arm_probs/bayes_mean_r2", "probe/arm_probs/untrained_last_r2"} <= set(events.Tags()["scalars"])
     assert "probe" in events.Tags()["images"]

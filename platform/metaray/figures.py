@@ -24,6 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from metaray.probe import METRIC_NAMES, describe, metric  # noqa: E402
+
 _TITLE_CHARS = 60  # a 6-inch-wide title at the default font size
 
 
@@ -72,19 +74,24 @@ def save_figure(fig, path: Path | None) -> None:
 
 
 def probe_figure(report: Mapping, title: str):
-    """Decodability (R²) of each feature group along the trial: the trained memory, the
-    untrained control and the Bayes ceiling, with the episode boundaries marked.
+    """Decodability (R², accuracy for a discrete group) of each feature group along the trial:
+    the trained memory, the untrained control and the Bayes ceiling (chance for a discrete
+    group), with the episode boundaries marked.
 
-    >>> fig = probe_figure({"steps": 30, "episode_starts": [0, 10, 20], "groups": {"goal": {
-    ...     "num_features": 2, "probe": [0.5] * 30}}}, "three episodes of ten steps")
-    >>> [int(t) for t in fig.axes[0].get_xticks()]
-    [10, 20, 30]
+    >>> fig = probe_figure({"steps": 30, "episode_starts": [0, 10, 20], "groups": {
+    ...     "goal_cell": {"num_classes": 9, "probe": [0.5] * 30, "chance": [0.1] * 30},
+    ...     "goal": {"num_features": 2, "probe": [0.5] * 30}}}, "three episodes of ten steps")
+    >>> [int(t) for t in fig.axes[0].get_xticks()], [ax.get_ylabel() for ax in fig.axes]
+    ([10, 20, 30], ['accuracy on held-out tasks', 'R² on held-out tasks'])
+    >>> [text.get_text() for text in fig.axes[-1].get_legend().get_texts()]
+    ['trained memory', 'chance (most frequent class)']
     >>> save_figure(fig, None)
     """
     groups = report["groups"]
     fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups) + 2, 3.6), dpi=100, squeeze=False)
     styles = {"probe": ("-", "trained memory"), "untrained": (":", "untrained network, same inputs"),
-              "input_only": ("-.", "current input only"), "bayes": ("--", "Bayes posterior mean")}
+              "input_only": ("-.", "current input only"), "bayes": ("--", "Bayes posterior"),
+              "chance": ("k:", "chance (most frequent class)")}
     steps = np.arange(1, report["steps"] + 1)
     # Ticks on each episode's last step (thinned to about ten), so they line up with the boundaries.
     episode_ends = [*report["episode_starts"][1:], report["steps"]]
@@ -98,10 +105,13 @@ def probe_figure(report: Mapping, title: str):
         ax.set_xticks(ticks)
         ax.set_ylim(min(-0.05, *(min(c) for k, c in curves.items() if k in styles)), 1.02)
         ax.set_xlabel("step of the trial (grey: episode boundaries)")
-        ax.set_ylabel("R² on held-out tasks")
-        ax.set_title(f"{name} ({curves['num_features']} features)", fontsize=10)
+        ax.set_ylabel(f"{METRIC_NAMES[metric(curves)]} on held-out tasks")
+        ax.set_title(f"{name} ({describe(curves)})", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    # One legend for every panel's curves: a discrete group's chance line may be in any panel.
+    lines = {line.get_label(): line for ax in axes[0] for line in ax.get_lines() if not line.get_label().startswith("_")}
+    axes[0][-1].legend(lines.values(), lines.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                       borderaxespad=0)
     fig.suptitle("\n".join(textwrap.wrap(title, _TITLE_CHARS + 20)), fontsize=10)
     fig.tight_layout()
     return fig

@@ -43,6 +43,7 @@ import numpy as np
 from metaray import __version__ as metaray_version
 from metaray.config import ExperimentConfig
 from metaray.figures import adaptation_figure, probe_figure, returns_figure, save_figure
+from metaray.probe import CURVES, describe
 from metaray.statistics import (
     BOOTSTRAP_RESAMPLES,
     CI_METHOD,
@@ -346,20 +347,22 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
 
 
 def probe_markdown(probe: Mapping[str, Any]) -> list[str]:
-    """The probe section: R² of decoding each feature group at the first step, the last step
-    of every episode and the trial's last step (see :mod:`metaray.probe`)."""
+    """The probe section: R² (accuracy for a discrete group) of decoding each feature group at
+    the first step, the last step of every episode and the trial's last step (see
+    :mod:`metaray.probe`)."""
     ends = [start - 1 for start in probe["episode_starts"][1:]] + [probe["steps"] - 1]
     steps = sorted({0, *ends})
     lines = ["", "## What the memory knows about the task (linear probe)", "",
-             f"Ridge probes from the recurrent state to the task's features, fitted on {probe['num_fit_trials']} "
-             f"trials and scored (R², share of the features' variance across tasks explained) on "
-             f"{probe['num_scored_trials']} others, at each step of the trial. Controls: the same probe on an "
-             "untrained network's states on the same inputs, on the step's input alone (no memory), and the "
-             "Bayes posterior mean (the most any memory can know), "
-             "where the family declares it.", ""]
+             f"Linear probes from the recurrent state to the task's features, fitted on {probe['num_fit_trials']} "
+             f"trials and scored on {probe['num_scored_trials']} others, at each step of the trial: ridge "
+             "regressions scored by R² (share of the features' variance across tasks explained) and, for a "
+             "discrete feature (a class label), logistic regressions scored by accuracy. Controls: the same probe "
+             "on an untrained network's states on the same inputs, on the step's input alone (no memory), and the "
+             "Bayes posterior (the most any memory can know), where the family declares it; for a discrete "
+             "feature, chance (always the most frequent class of the fitting trials).", ""]
     for name, curves in probe["groups"].items():
-        present = [key for key in ("probe", "untrained", "input_only", "bayes") if key in curves]
-        lines += [f"**{name}** ({curves['num_features']} features)", ""]
+        present = [key for key in CURVES if key in curves]
+        lines += [f"**{name}** ({describe(curves)})", ""]
         lines += _table(["step", *present], [[str(t + 1), *(fmt(curves[key][t]) for key in present)] for t in steps])
         lines.append("")
     lines += [f"![probe]({PROBE_PNG})"]

@@ -91,6 +91,10 @@ class TaskFamily(ABC):
     #: Bayes-optimal) or an oracle that knows the task (an upper bound). None: no baseline of
     #: the family is either, so only the best-on-these-trials regret is reported.
     reference_baseline: str | None = None
+    #: Groups of :meth:`task_features` that are a class label (one integer in ``0..K-1`` per
+    #: task, e.g. which cell is the goal) rather than numbers: the probe decodes them by
+    #: logistic regression and scores accuracy, not R². Names a variant does not return are ignored.
+    discrete_features: frozenset[str] = frozenset()
 
     @abstractmethod
     def sample_task(self, rng: np.random.Generator) -> Any:
@@ -113,8 +117,9 @@ class TaskFamily(ABC):
         return None
 
     def task_features(self, task: Any) -> dict[str, np.ndarray] | None:
-        """Named groups of numbers that identify ``task`` (e.g. arm probabilities), which
-        the probe tries to decode from the meta-policy's memory; None: not declared."""
+        """Named groups of numbers that identify ``task`` (e.g. arm probabilities), or class
+        labels (groups named in :attr:`discrete_features`), which the probe tries to decode
+        from the meta-policy's memory; None: not declared."""
         return None
 
     def posterior_features(self, observations: list, actions: list, rewards: list) -> dict[str, np.ndarray] | None:
@@ -123,7 +128,8 @@ class TaskFamily(ABC):
         ``observations[t]`` is the inner env's observation at step ``t`` (as the env returns
         it), ``actions[t]`` and ``rewards[t]`` (raw) the action taken there and its reward.
         Row ``t`` of each group is the posterior mean given everything before action ``t``
-        (the ceiling of what any memory can know when it acts); None: not declared.
+        (the ceiling of what any memory can know when it acts); for a discrete group, the
+        posterior probability of each label (column ``k``: label ``k``); None: not declared.
         """
         return None
 

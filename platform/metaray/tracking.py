@@ -21,9 +21,10 @@ Fault tolerance: ``fault/...`` holds env runner restarts (cumulative) and health
 Curriculum (``task.curriculum: plr``; docs/curriculum.md): ``curriculum/score_mean``,
 ``curriculum/scores`` (histogram of the pool's scores), ``curriculum/replay_fraction`` (of the
 iteration's trials), ``curriculum/distinct_tasks`` (trained on so far), ``curriculum/pool_size``.
-Probe (``evaluation.probe: true``; docs/probing_memory.md): ``probe/<feature group>/<curve>_last``
-and ``_mean`` (R² at the trial's last step and averaged over it, for ``probe``, ``untrained``,
-``input_only`` and ``bayes``) and the ``probe`` image, at every periodic evaluation.
+Probe (``evaluation.probe: true``; docs/probing_memory.md): ``probe/<feature group>/<curve>_last_r2``
+and ``_mean_r2`` (R² at the trial's last step and averaged over it, for ``probe``, ``untrained``,
+``input_only`` and ``bayes``; ``..._accuracy`` and a ``chance`` curve for a discrete group) and
+the ``probe`` image, at every periodic evaluation.
 ``--resume`` keeps every point up to the step of the checkpoint it resumed from and hides what
 a killed run logged after it (see :class:`RunLogger`).
 """
@@ -138,7 +139,8 @@ class RunLogger:
 
     def probe(self, step: int, report: Mapping[str, Any]) -> None:
         """The task-inference probe (:func:`metaray.probe.probe_report`): per feature group,
-        R² at the trial's last step and averaged over it, for each curve, and the figure."""
+        R² (accuracy for a discrete group) at the trial's last step and averaged over it, for
+        each curve, and the figure."""
         for group, values in summarize(report).items():
             for key, value in values.items():
                 self.writer.add_scalar(f"probe/{group}/{key}", value, step)
