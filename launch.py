@@ -43,15 +43,11 @@ for path in (ROOT / "platform", ROOT):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from metaray.cluster import check_cluster_fits, resolve_address  # noqa: E402
-from metaray.config import ConfigError, ExperimentConfig, describe_options, load_config  # noqa: E402
-from metaray.models.cores import CORES  # noqa: E402
-from metaray.plugins import module_file  # noqa: E402
+from metaray.config import ConfigError, ExperimentConfig, describe_options  # noqa: E402
 from metaray.storage import (  # noqa: E402
-    CheckpointError, RunMirror, check_fresh_folder, check_storage, create_run_folder, download_run, is_uri,
-    latest_checkpoint, resolve_checkpoint, save_config,
+    CheckpointError, RunMirror, create_run_folder, is_uri, latest_checkpoint, save_config,
 )
-from metaray.validation import check_experiment  # noqa: E402
+from metaray.validation import LaunchPlan, check_launch  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,87 +84,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resume_target(location: str, run_dir: Path | None) -> tuple[Path, RunMirror | None]:
-    """The local run folder to continue (a URI is first copied to ``run_dir``) and its mirror."""
-    if is_uri(location):
-        run_dir = run_dir or ROOT / "runs" / location.rstrip("/").rsplit("/", 1)[-1]
-        download_run(location, run_dir)
-        mirror = RunMirror(run_dir, location)
-    else:
-        run_dir, mirror = Path(location), None
-    if not run_dir.is_dir():
-        raise ConfigError(f"--resume {location}: no such run folder")
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"--resume {location}: no config.yaml there, not a run folder")
-    if latest_checkpoint(run_dir) is None:
-        raise ConfigError(f"--resume {location}: no complete checkpoint under {run_dir / 'checkpoints'}; "
-                          "start the run again without --resume")
-    return run_dir, mirror
-
-
 def new_run_target(cfg: ExperimentConfig, storage: str, run_dir: Path | None) -> tuple[Path, RunMirror | None]:
     """A new local run folder for ``cfg``, created with its config.yaml, and for URI storage its mirror.
 
+    ``storage`` and ``run_dir`` are already checked (:func:`metaray.validation.check_launch`).
     The folder is this launch's alone: the default name gets a ``-2``, ``-3``... suffix when a
     launch in the same second took it, and a ``--run-dir`` that another launch claimed first
     (its config.yaml exists) is a ConfigError.
     """
-    check_storage(storage)
     if run_dir is None:
         parent = ROOT / "runs" if is_uri(storage) else Path(storage)
         run_dir = create_run_folder(parent, f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    else:
-        check_fresh_folder(run_dir)
     save_config(cfg, run_dir, claim=True)
     mirror = RunMirror(run_dir, f"{storage.rstrip('/')}/{run_dir.name}") if is_uri(storage) else None
     return run_dir, mirror
 
 
-def announce_user_code(cfg: ExperimentConfig, config_path: Path) -> None:
-    """Before a run folder's config.yaml makes us import code (its task family, its memory
-    core) and unpickle its checkpoint, say what is about to run: load only what you trust."""
-    for key, ref in (("task.family", cfg.task.family), ("model.arch", CORES.module_of(cfg.model.arch))):
-        if ref:
-            print(f"{key} from {config_path}: importing {module_file(ref, key, 'envs')} "
-                  "(resume or evaluate only run folders you trust)", flush=True)
+def output_folder(args: argparse.Namespace, plan: LaunchPlan) -> tuple[Path, RunMirror | None]:
+    """The folder this launch writes (a report folder for ``--eval-only``) and its mirror,
+    created now that every check has passed."""
+    if plan.checkpoint is not None:
+        return plan.run_dir or create_run_folder(
+            ROOT / "runs", f"{plan.cfg.name}-eval-{args.split}-{time.strftime('%Y%m%d-%H%M%S')}"), None
+    if args.resume is not None:
+        return plan.run_dir, plan.mirror
+    return new_run_target(plan.cfg, args.storage, plan.run_dir)
 
 
-def evaluate_only(args: argparse.Namespace) -> int:
+def evaluate_only(args: argparse.Namespace, plan: LaunchPlan, out_dir: Path) -> int:
     """``--eval-only``: a report folder for one checkpoint, meta-policy and baselines side by side."""
-    try:
-        if args.checkpoint is None or not args.checkpoint.exists():
-            raise ConfigError(f"--checkpoint {args.checkpoint}: no such checkpoint")
-        checkpoint = resolve_checkpoint(args.checkpoint)
-        overrides = [*args.overrides, *(["evaluation.probe=true"] if args.probe else [])]
-        config_path = args.config or checkpoint.parent.parent / "config.yaml"
-        cfg = load_config(config_path, overrides)
-        if args.config is None:
-            announce_user_code(cfg, config_path)
-        if args.trials is not None and args.trials <= 0:
-            raise ConfigError(f"--trials must be > 0, got {args.trials}")
-        num_trials = args.trials or cfg.evaluation.final_num_trials
-        if args.run_dir is not None:
-            check_fresh_folder(args.run_dir, for_report=True)  # never overwrite a run's summary.json
-        address = resolve_address(args.address, args.num_cpus)
-        check_experiment(cfg)
-        check_cluster_fits(cfg, address, args.num_cpus)
-        out_dir = args.run_dir or create_run_folder(
-            ROOT / "runs", f"{cfg.name}-eval-{args.split}-{time.strftime('%Y%m%d-%H%M%S')}")
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-
     from metaray.checkpoint_eval import evaluate_checkpoint
     from metaray.cluster import init_ray
     from metaray.report import headline
 
     try:
-        init_ray(cfg, address, args.num_cpus)
-        summary = evaluate_checkpoint(cfg, checkpoint, args.split, num_trials, out_dir)
+        init_ray(plan.cfg, plan.address, args.num_cpus)
+        summary = evaluate_checkpoint(plan.cfg, plan.checkpoint, args.split, plan.num_trials, out_dir)
     except (CheckpointError, KeyboardInterrupt) as exc:
         if args.run_dir is None:
             with contextlib.suppress(OSError):
-                out_dir.rmdir()  # the report folder made above, while still empty
+                out_dir.rmdir()  # the report folder output_folder made, while still empty
         stopped = isinstance(exc, KeyboardInterrupt)
         print("interrupted: no report written" if stopped else f"checkpoint error: --checkpoint {exc}",
               file=sys.stderr)
@@ -192,32 +147,22 @@ def interrupted(run_dir: Path, resume_from: str, seeds: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.eval_only or args.probe:
-        return evaluate_only(args)
     try:
-        address = resolve_address(args.address, args.num_cpus)
-        if args.resume is not None:
-            run_dir, mirror = resume_target(args.resume, args.run_dir)
-            cfg = load_config(run_dir / "config.yaml", args.overrides)
-            announce_user_code(cfg, run_dir / "config.yaml")
-        else:
-            if args.config is None:
-                raise ConfigError("--config is required (or --resume RUN_DIR)")
-            cfg = load_config(args.config, args.overrides)
-        check_experiment(cfg)
-        check_cluster_fits(cfg, address, args.num_cpus)
-        if args.resume is None:
-            run_dir, mirror = new_run_target(cfg, args.storage, args.run_dir)
+        plan = check_launch(args, local_runs=ROOT / "runs")
+        run_dir, mirror = output_folder(args, plan)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    if plan.checkpoint is not None:
+        return evaluate_only(args, plan, run_dir)
+    cfg = plan.cfg
 
     from metaray.cluster import init_ray
     from metaray.train import TrainingError, train
 
     print(f"run folder: {run_dir}" + (f" (mirrored to {mirror.uri})" if mirror else ""), flush=True)
     try:
-        init_ray(cfg, address, args.num_cpus)
+        init_ray(cfg, plan.address, args.num_cpus)
         if cfg.seeds:
             from metaray.multi_seed import train_seeds
             from metaray.report import headline

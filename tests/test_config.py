@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import typing
 
 import pytest
@@ -143,12 +144,25 @@ def test_nan_and_infinity_are_refused_for_every_numeric_key(key):
 
 
 def test_validation_needs_no_rllib():
-    code = ("import sys; from metaray.config import load_config; from metaray.validation import check_experiment; "
-            "check_experiment(load_config('configs/tabular_mdp_n10.yaml')); "
-            "print(sorted(m for m in sys.modules if m.startswith('ray.rllib')))")
+    """Checking a config, and a whole launch.py command line up to its last check, imports no RLlib."""
+    code = textwrap.dedent("""
+        import sys
+        import launch
+        from metaray.config import ConfigError, load_config
+        from metaray.validation import check_experiment, check_launch
+        check_experiment(load_config('configs/tabular_mdp_n10.yaml'))
+        # A --storage that is a file: refused by the last check, after the config, family and resources.
+        args = launch.parse_args(['--config', 'configs/tabular_mdp_n10.yaml', '--storage', 'launch.py'])
+        try:
+            check_launch(args, launch.ROOT / 'runs')
+        except ConfigError as exc:
+            print(exc)
+        print(sorted(m for m in sys.modules if m.startswith('ray.rllib')))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray: no cluster to ask
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}"}).stdout
-    assert out.strip() == "[]"
+                         env={**env, "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}"}).stdout
+    assert out.splitlines() == ["--storage launch.py: exists and is not a folder", "[]"]
 
 
 def test_algorithm_choices_are_the_registry():

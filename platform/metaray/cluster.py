@@ -32,7 +32,6 @@ import metaray
 from metaray.config import ConfigError, ExperimentConfig
 from metaray.models.cores import CORES
 from metaray.plugins import module_source
-from metaray.validation import check_resources
 
 _QUIET_ENV = {"PYTHONWARNINGS": "ignore::DeprecationWarning", "RAY_DEDUP_LOGS": "1"}
 
@@ -165,21 +164,6 @@ def local_node_resources(num_cpus: int | None) -> dict[str, float]:
     (CPUs and GPUs of this machine or container, ``RAY_OVERRIDE_RESOURCES``)."""
     spec = ResourceAndLabelSpec(num_cpus=num_cpus).resolve(is_head=True, node_ip_address="127.0.0.1")
     return {name: float(amount) for name, amount in spec.to_resource_dict().items()}
-
-
-def check_cluster_fits(cfg: ExperimentConfig, address: str | None, num_cpus: int | None) -> None:
-    """ConfigError, before Ray starts, when the run asks for more than the embedded local Ray
-    (``address`` None) or the cluster at ``address`` has (see
-    :func:`metaray.validation.check_resources`). A Ray Client address is not checked."""
-    if address is None:
-        nodes = [local_node_resources(num_cpus)]
-        where = "the embedded local Ray" + (f" (--num-cpus {num_cpus})" if num_cpus else " (this machine)")
-    else:
-        nodes = cluster_nodes(address)
-        if nodes is None:
-            return
-        where = f"the cluster at {address} ({len(nodes)} node{'s' * (len(nodes) != 1)})"
-    check_resources(cfg, nodes, where)
 
 
 def joined_cluster(address: str) -> str:

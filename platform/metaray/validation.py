@@ -5,8 +5,9 @@
 the ``rng`` contract of ``sample_task``, one trial of its env through the trial wrapper keeps
 Gymnasium's API and the env's declared spaces, and the model fits in memory.
 :func:`check_resources` compares what the run asks Ray for with the nodes that will run it.
-``launch.py`` checks its own arguments and then calls these, so bad input ends in one
-``config error:`` line and exit code 2 before anything is started or written.
+:func:`check_launch` is the one entry point ``launch.py`` calls: it checks the command line
+(paths, checkpoint, run folder, cluster address) and then all of the above, so bad input ends
+in one ``config error:`` line and exit code 2 before anything is started or written.
 
 Example:
     >>> from metaray.config import load_config
@@ -19,14 +20,23 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from metaray.config import ConfigError, ExperimentConfig, ModelConfig
+from metaray.cluster import cluster_nodes, local_node_resources, resolve_address
+from metaray.config import ConfigError, ExperimentConfig, ModelConfig, load_config
 from metaray.models.cores import CORES, build_core
+from metaray.plugins import module_file
+from metaray.storage import (
+    CONFIG_FILE, RunMirror, check_fresh_folder, check_storage, download_run, is_uri, latest_checkpoint,
+    resolve_checkpoint,
+)
 from metaray.tasks import TaskFamily, load_family
 from metaray.trial import FamilyEnvError, TrialEnv, exception_line
 
@@ -239,3 +249,119 @@ def check_experiment(cfg: ExperimentConfig) -> None:
     in_size = check_trial(cfg)
     check_algorithm(cfg)
     check_model_memory(cfg, in_size, available_memory())
+
+
+def check_cluster_fits(cfg: ExperimentConfig, address: str | None, num_cpus: int | None) -> None:
+    """ConfigError, before Ray starts, when the run asks for more than the embedded local Ray
+    (``address`` None) or the cluster at ``address`` has (see :func:`check_resources`). A Ray
+    Client address is not checked."""
+    if address is None:
+        nodes = [local_node_resources(num_cpus)]
+        where = "the embedded local Ray" + (f" (--num-cpus {num_cpus})" if num_cpus else " (this machine)")
+    else:
+        nodes = cluster_nodes(address)
+        if nodes is None:
+            return
+        where = f"the cluster at {address} ({len(nodes)} node{'s' * (len(nodes) != 1)})"
+    check_resources(cfg, nodes, where)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What ``launch.py`` acts on once :func:`check_launch` found nothing wrong."""
+
+    cfg: ExperimentConfig
+    #: The Ray cluster to join, resolved (``auto`` made a GCS address); None starts an embedded local Ray.
+    address: str | None
+    #: ``--resume``: the local run folder to continue. Otherwise ``--run-dir``, checked to hold
+    #: no run or report, or None for a new folder with a default name.
+    run_dir: Path | None
+    #: ``--resume URI``: the mirror the run folder (copied from it) is written back to.
+    mirror: RunMirror | None = None
+    #: ``--eval-only`` / ``--probe``: the checkpoint folder to evaluate (None when training).
+    checkpoint: Path | None = None
+    #: ``--eval-only`` / ``--probe``: trials per evaluation (``--trials`` or ``evaluation.final_num_trials``).
+    num_trials: int | None = None
+
+
+def check_launch(args: argparse.Namespace, local_runs: Path) -> LaunchPlan:
+    """Every check of a ``launch.py`` command line before Ray starts, for training, ``--resume``
+    and ``--eval-only`` / ``--probe``: ConfigError naming the first problem.
+
+    It creates no run or report folder; the one thing it writes is the local copy of a
+    ``--resume URI`` (into ``--run-dir``, default ``local_runs/<run name>``), whose config.yaml
+    it must read. Before a run folder's config.yaml makes it import code, it prints which.
+    Whether the checkpoint unpickles is only known once Ray runs (:class:`metaray.storage.CheckpointError`).
+
+    >>> check_launch(argparse.Namespace(eval_only=True, probe=False, checkpoint=Path("runs/nowhere")), Path("runs"))
+    Traceback (most recent call last):
+    ...
+    metaray.config.ConfigError: --checkpoint runs/nowhere: no such checkpoint
+    """
+    if args.eval_only or args.probe:
+        return _check_evaluation(args)
+    address = resolve_address(args.address, args.num_cpus)
+    mirror = None
+    if args.resume is not None:
+        run_dir, mirror = _check_resume(args.resume, args.run_dir, local_runs)
+        cfg = load_config(run_dir / CONFIG_FILE, args.overrides)
+        announce_user_code(cfg, run_dir / CONFIG_FILE)
+    else:
+        if args.config is None:
+            raise ConfigError("--config is required (or --resume RUN_DIR)")
+        cfg, run_dir = load_config(args.config, args.overrides), args.run_dir
+    check_experiment(cfg)
+    check_cluster_fits(cfg, address, args.num_cpus)
+    if args.resume is None:
+        check_storage(args.storage)
+        if run_dir is not None:
+            check_fresh_folder(run_dir)
+    return LaunchPlan(cfg, address, run_dir, mirror)
+
+
+def _check_evaluation(args: argparse.Namespace) -> LaunchPlan:
+    """``--eval-only`` / ``--probe``: the checkpoint, its config, ``--trials`` and the report folder."""
+    if args.checkpoint is None or not args.checkpoint.exists():
+        raise ConfigError(f"--checkpoint {args.checkpoint}: no such checkpoint")
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    overrides = [*args.overrides, *(["evaluation.probe=true"] if args.probe else [])]
+    config_path = args.config or checkpoint.parent.parent / CONFIG_FILE
+    cfg = load_config(config_path, overrides)
+    if args.config is None:
+        announce_user_code(cfg, config_path)
+    if args.trials is not None and args.trials <= 0:
+        raise ConfigError(f"--trials must be > 0, got {args.trials}")
+    if args.run_dir is not None:
+        check_fresh_folder(args.run_dir, for_report=True)  # never overwrite a run's summary.json
+    address = resolve_address(args.address, args.num_cpus)
+    check_experiment(cfg)
+    check_cluster_fits(cfg, address, args.num_cpus)
+    return LaunchPlan(cfg, address, args.run_dir, checkpoint=checkpoint,
+                      num_trials=args.trials or cfg.evaluation.final_num_trials)
+
+
+def _check_resume(location: str, run_dir: Path | None, local_runs: Path) -> tuple[Path, RunMirror | None]:
+    """The local run folder to continue (a URI is first copied to ``run_dir``) and its mirror."""
+    if is_uri(location):
+        run_dir = run_dir or local_runs / location.rstrip("/").rsplit("/", 1)[-1]
+        download_run(location, run_dir)
+        mirror = RunMirror(run_dir, location)
+    else:
+        run_dir, mirror = Path(location), None
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {location}: no such run folder")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError(f"--resume {location}: no config.yaml there, not a run folder")
+    if latest_checkpoint(run_dir) is None:
+        raise ConfigError(f"--resume {location}: no complete checkpoint under {run_dir / 'checkpoints'}; "
+                          "start the run again without --resume")
+    return run_dir, mirror
+
+
+def announce_user_code(cfg: ExperimentConfig, config_path: Path) -> None:
+    """Before a run folder's config.yaml makes us import code (its task family, its memory
+    core) and unpickle its checkpoint, say what is about to run: load only what you trust."""
+    for key, ref in (("task.family", cfg.task.family), ("model.arch", CORES.module_of(cfg.model.arch))):
+        if ref:
+            print(f"{key} from {config_path}: importing {module_file(ref, key, 'envs')} "
+                  "(resume or evaluate only run folders you trust)", flush=True)
