@@ -230,6 +230,45 @@ def test_ctrl_c_during_seeds_says_how_to_resume(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == f"interrupted: continue with: python launch.py --resume {run_dir}\n"
 
 
+def test_a_failing_seed_ends_as_a_training_error(tmp_path, monkeypatch, capsys):
+    """A seed that fails ends the launch as other training failures do: one ``training error:``
+    line naming each failed seed and its error, exit 3, no traceback."""
+    import traceback
+    from types import SimpleNamespace
+
+    from ray import tune
+    from ray.exceptions import RayTaskError
+
+    from metaray.train import TrainingError
+
+    class SequentialTuner:  # runs each seed's trial here and reports its error as Tune does
+        def __init__(self, trainable, param_space, **kwargs):
+            self.trainable, self.seeds = trainable, param_space["seed"]["grid_search"]
+
+        def fit(self):
+            errors = []
+            for seed in self.seeds:
+                try:
+                    self.trainable({"seed": seed})
+                except Exception as exc:  # noqa: BLE001 - Tune keeps any trial's error, wrapped by Ray
+                    errors.append(RayTaskError("train", traceback.format_exc(), exc).as_instanceof_cause())
+            return SimpleNamespace(errors=errors)
+
+    def failing_train(cfg, run_dir, resume=False):
+        if cfg.seed == 0:
+            raise TrainingError("iteration 2: policy_loss is nan")
+        raise ValueError("boom\nsecond line")
+
+    monkeypatch.setattr(tune, "Tuner", SequentialTuner)
+    monkeypatch.setattr(tune, "with_resources", lambda trainable, resources: trainable)
+    monkeypatch.setattr("metaray.multi_seed.train", failing_train)
+    monkeypatch.setattr("metaray.cluster.init_ray", lambda *args: None)  # no Ray: Tune is the double
+    run_dir = tmp_path / "seeds"
+    assert launch.main([*TINY, "--set", "seeds=[0, 1]", "--run-dir", str(run_dir), "--num-cpus", "1"]) == 3
+    assert capsys.readouterr().err == ("training error: 2 of 2 seeds failed: seed 0: iteration 2: policy_loss "
+                                       "is nan; seed 1: ValueError: boom\n")
+
+
 def test_resume_names_the_code_a_run_folder_imports_before_importing_it(tmp_path, capsys):
     """A run folder's config.yaml decides which modules run: --resume says which, first."""
     import yaml

@@ -14,7 +14,8 @@ from typing import Any
 from metaray.config import ExperimentConfig
 from metaray.report import experiment_header, seeds_summary, write_report
 from metaray.rllib_config import build_algorithm_config
-from metaray.train import save_config, train
+from metaray.storage import one_line
+from metaray.train import TrainingError, save_config, train
 
 
 def train_seeds(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
@@ -24,8 +25,9 @@ def train_seeds(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> d
     TensorBoard events and summary.json); each trial reserves what the algorithm needs
     (driver, env runners, learners), so Tune runs as many seeds at once as the cluster fits.
     The aggregate report goes to ``run_dir/report``, naming each seed's run folder relative to
-    ``run_dir``; ``resume`` continues every seed from its latest checkpoint. Ctrl-C stops every
-    seed at its last checkpoint and raises KeyboardInterrupt.
+    ``run_dir``; ``resume`` continues every seed from its latest checkpoint. A seed that fails
+    raises :class:`TrainingError` naming each failed seed and its error, once every seed has
+    ended; Ctrl-C stops every seed at its last checkpoint and raises KeyboardInterrupt.
     """
     from ray import tune
 
@@ -37,8 +39,11 @@ def train_seeds(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> d
         cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, family=str(Path(cfg.task.family).resolve())))
 
     def train_one_seed(params: dict[str, Any]) -> None:
-        seed_cfg = dataclasses.replace(cfg, seed=params["seed"], seeds=None)
-        summary = train(seed_cfg, run_dir / f"seed_{params['seed']}", resume=resume)
+        seed = params["seed"]
+        try:
+            summary = train(dataclasses.replace(cfg, seed=seed, seeds=None), run_dir / f"seed_{seed}", resume=resume)
+        except Exception as exc:  # noqa: BLE001 - whatever stops a seed, the launch names the seed and says why
+            raise TrainingError(f"seed {seed}: {exc if isinstance(exc, TrainingError) else one_line(exc)}") from exc
         tune.report({"held_out_trial_return_mean": summary["eval"]["test"]["trial_return_mean"],
                      "env_steps": summary["env_steps"]})
 
@@ -50,8 +55,9 @@ def train_seeds(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> d
         run_config=tune.RunConfig(name="seeds", storage_path=str(run_dir / "tune"), verbose=0),
     )
     results = tuner.fit()
-    if results.errors:
-        raise RuntimeError(f"{len(results.errors)} of {len(cfg.seeds)} seeds failed: {results.errors[0]}")
+    failed = [getattr(error, "cause", error) for error in results.errors]  # Ray wraps each in a RayTaskError
+    if failed:
+        raise TrainingError(f"{len(failed)} of {len(cfg.seeds)} seeds failed: " + "; ".join(map(str, failed)))
     unfinished = [seed for seed in cfg.seeds if not (run_dir / f"seed_{seed}" / "summary.json").is_file()]
     if unfinished:  # Tune's fit() returns without an error on Ctrl-C, the seeds under way unfinished
         raise KeyboardInterrupt(f"seeds {unfinished} stopped by Ctrl-C before they finished")
