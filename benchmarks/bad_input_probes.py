@@ -126,7 +126,7 @@ class Prober:
         return text.replace(str(self.scratch), "$TMP").replace(str(ROOT) + "/", "").replace("|", "\\|")
 
     def record(self, item: str, what: str, args: list, code: int | str, seconds: float, line: str) -> None:
-        command = "python launch.py " + " ".join(map(str, args))
+        command = "python launch.py " + " ".join(map(str, args)).replace(" ".join(TINY), "TINY")
         print(f"[{item}] exit {code} in {seconds:.1f} s: {line}", flush=True)
         self.rows.append((item, f"{what}: `{self.shown(command)}`", str(code), f"{seconds:.1f}", self.shown(line)))
 
@@ -175,7 +175,9 @@ class Prober:
             f"Made by `.venv/bin/python benchmarks/bad_input_probes.py` ({time.strftime('%Y-%m-%d')}, 2-core "
             "machine shared with other runs, so seconds are upper bounds). Message: the last line on stderr "
             "(item 11, `--address auto` with a cluster: the line naming it); `$TMP` is the script's scratch "
-            "folder; for Ctrl-C the seconds run from the signal to the exit.\n\n" + "\n".join(table) + "\n")
+            "folder; for Ctrl-C the seconds run from the signal to the exit.\n\n"
+            f"`TINY` in an input stands for the tiny quickstart run `{' '.join(TINY)}`.\n\n"
+            + "\n".join(table) + "\n")
 
 
 def truncate_weights(checkpoint: Path) -> None:

@@ -1,4 +1,5 @@
-"""The plain-RLlib baseline env of the benchmarks is a valid env, paired with metaray's trials."""
+"""The plain-RLlib baseline env of the benchmarks is a valid env, paired with metaray's trials; the
+bad-input probes table reads well."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from metaray.config import load_config
 from metaray.trial import TrialEnv
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from bad_input_probes import TINY, Prober  # noqa: E402
 from plain_rllib import TRIAL_INDEX_KEY, PlainBanditEnv  # noqa: E402
 from time_to_target import held_out_bandit_trials  # noqa: E402
 
@@ -38,3 +40,14 @@ def test_plain_env_replays_metaray_held_out_trials():
             trial_rewards.append(trial_env.step(action)[1])
         assert done and info[TRIAL_INDEX_KEY] == index
         assert plain_rewards == trial_rewards
+
+
+def test_probe_table_spells_the_tiny_run_out_once(tmp_path):
+    """Rows show ``TINY`` for the tiny run's arguments, which the text above the table spells out."""
+    prober = Prober(tmp_path)
+    prober.record("9", "misspelled family file", [*TINY, "--set", "task.family=x.py"], 2, 1.0, "config error: x")
+    prober.write(tmp_path / "table.md")
+    text = (tmp_path / "table.md").read_text()
+    assert "misspelled family file: `python launch.py TINY --set task.family=x.py`" in text
+    for table in (text, (ROOT / "benchmarks" / "results" / "bad_input_probes.md").read_text()):
+        assert table.count(" ".join(TINY)) == 1
