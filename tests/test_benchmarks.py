@@ -1,5 +1,5 @@
 """The plain-RLlib baseline env of the benchmarks is a valid env, paired with metaray's trials; the
-bad-input probes table reads well."""
+bad-input probes table reads well; the RL² Table 1 baselines table matches its configs and results."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from metaray.trial import TrialEnv
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bad_input_probes import TINY, Prober  # noqa: E402
+from bandit_baselines import PAPER, ROWS  # noqa: E402
 from plain_rllib import TRIAL_INDEX_KEY, PlainBanditEnv  # noqa: E402
 from time_to_target import held_out_bandit_trials  # noqa: E402
 
@@ -51,3 +52,15 @@ def test_probe_table_spells_the_tiny_run_out_once(tmp_path):
     assert "misspelled family file: `python launch.py TINY --set task.family=x.py`" in text
     for table in (text, (ROOT / "benchmarks" / "results" / "bad_input_probes.md").read_text()):
         assert table.count(" ".join(TINY)) == 1
+
+
+def test_table_1_rows_are_the_configs_and_the_committed_table_is_theirs():
+    import json
+
+    committed = json.loads((ROOT / "benchmarks" / "results" / "bandit_baselines.json").read_text())
+    assert sorted(PAPER) == sorted((pulls, arms) for _, pulls, arms in ROWS)
+    for name, pulls, arms in ROWS:
+        cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+        assert (cfg.task.family, cfg.task.episodes_per_trial, cfg.task.params["num_arms"]) == ("bandit", pulls, arms)
+        assert committed[name]["num_trials"] == cfg.evaluation.final_num_trials
+        assert ("bayes_optimal" in committed[name]["measured"]) == (pulls <= 10)
