@@ -417,3 +417,15 @@ def test_a_request_the_cluster_cannot_hold_is_refused_before_joining(ray_head, t
     assert proc.stderr == (f"config error: the run asks Ray for 3 CPU (env_runners.num_env_runners=3 x 1 CPU) "
                            f"but the cluster at {ray_head['address']} (1 node) has 2 CPU\n")
     assert not (tmp_path / "runs").exists()
+
+
+def test_address_auto_says_the_address_was_found_not_given(monkeypatch):
+    """`--address auto` resolves to whatever Ray Ray finds on this machine (anyone's); when
+    nothing listens there, the message says the address came from that search."""
+    from metaray import cluster
+
+    port = free_port()
+    monkeypatch.setattr(cluster.services, "canonicalize_bootstrap_address_or_die", lambda _: f"127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match=rf"--address auto: nothing listens at 127.0.0.1:{port} \(the cluster "
+                                          r"that Ray found on this machine\)"):
+        resolve_address("auto", None)

@@ -98,7 +98,11 @@ def resolve_address(address: str | None, num_cpus: int | None) -> str | None:
         with socket.create_connection((host, port), timeout=3):
             pass
     except OSError as exc:
-        raise ConfigError(f"--address {address}: nothing listens at {host}:{port} ({exc.strerror or exc})") from None
+        # Ray resolves `auto` from Ray processes running on this machine, anyone's, or the last
+        # `ray start`: say so, or the address looks like one the user typed.
+        found = " (the cluster that Ray found on this machine)" if address == "auto" else ""
+        raise ConfigError(f"--address {address}: nothing listens at {host}:{port}{found} "
+                          f"({exc.strerror or exc})") from None
     if target.startswith("ray://"):
         channel = grpc.insecure_channel(f"{host}:{port}")
         try:
