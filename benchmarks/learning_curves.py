@@ -5,7 +5,7 @@ which setting reaches a held-out return first, read from the runs' own TensorBoa
 Each run is ``NAME=RUN_DIR``; its curve is the ``eval_test/trial_return_mean`` series (one point
 per periodic evaluation) with the seconds since the run's first training iteration was logged
 (so start-up is left out, evaluation time is in). A run's final evaluation is its
-``summary.json``. Seconds are only comparable between runs that had the machine to themselves
+``summary.json``, absent when the run was stopped before it. Seconds are only comparable between runs that had the machine to themselves
 or shared it alike.
 
 How to run (seconds; the runs must exist)::
@@ -36,7 +36,10 @@ def curve(run_dir: Path) -> dict:
     start = events.Scalars(FIRST_ITERATION)[0].wall_time
     points = [{"env_steps": e.step, "seconds": round(e.wall_time - start, 1), "held_out": round(e.value, 3)}
               for e in events.Scalars(HELD_OUT)]
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary_file = run_dir / "summary.json"
+    if not summary_file.is_file():  # stopped (Ctrl-C) before its final evaluation
+        return {"periodic": points, "final": None}
+    summary = json.loads(summary_file.read_text())
     test = summary["eval"]["test"]
     final = {"env_steps": summary["env_steps"], "wall_s": summary["wall_s"],
              "held_out": round(test["trial_return_mean"], 3), "ci95": test["trial_return_ci95"],
@@ -57,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         periodic = ", ".join(f"{p['held_out']:.1f} at {p['env_steps'] / 1e3:.0f} k ({p['seconds']:.0f} s)"
                              for p in run["periodic"])
         final = run["final"]
+        if final is None:
+            lines.append(f"| {name} | {periodic} | stopped before it | | |")
+            continue
         lines.append(f"| {name} | {periodic} | {final['held_out']:.2f} [{final['ci95'][0]:.2f}, "
                      f"{final['ci95'][1]:.2f}] ({final['num_trials']}) | {final['env_steps']} | {final['wall_s']:.0f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """The plain-RLlib baseline env of the benchmarks is a valid env, paired with metaray's trials; the
-bad-input probes table reads well; the RL² Table 1 baselines table matches its configs and results."""
+bad-input probes table reads well; the RL² Table 1 baselines table matches its configs and results;
+learning curves are read back from a run's TensorBoard events."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from metaray.trial import TrialEnv
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bad_input_probes import TINY, Prober  # noqa: E402
 from bandit_baselines import PAPER, ROWS  # noqa: E402
+from learning_curves import FIRST_ITERATION, HELD_OUT, curve  # noqa: E402
 from plain_rllib import TRIAL_INDEX_KEY, PlainBanditEnv  # noqa: E402
 from time_to_target import held_out_bandit_trials  # noqa: E402
 
@@ -64,3 +66,22 @@ def test_table_1_rows_are_the_configs_and_the_committed_table_is_theirs():
         assert (cfg.task.family, cfg.task.episodes_per_trial, cfg.task.params["num_arms"]) == ("bandit", pulls, arms)
         assert committed[name]["num_trials"] == cfg.evaluation.final_num_trials
         assert ("bayes_optimal" in committed[name]["measured"]) == (pulls <= 10)
+
+
+def test_learning_curve_reads_the_periodic_held_out_series_and_the_final_evaluation(tmp_path):
+    import json
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    writer.add_scalar(FIRST_ITERATION, 1, global_step=100, walltime=1000.0)
+    writer.add_scalar(HELD_OUT, 5.5, global_step=200, walltime=1010.0)
+    writer.add_scalar(HELD_OUT, 6.25, global_step=400, walltime=1030.5)
+    writer.close()
+    assert curve(tmp_path) == {"periodic": [{"env_steps": 200, "seconds": 10.0, "held_out": 5.5},
+                                            {"env_steps": 400, "seconds": 30.5, "held_out": 6.25}],
+                               "final": None}
+    test = {"trial_return_mean": 6.5, "trial_return_ci95": [6.4, 6.6], "num_trials": 1000}
+    (tmp_path / "summary.json").write_text(json.dumps({"env_steps": 400, "wall_s": 42.0, "eval": {"test": test}}))
+    assert curve(tmp_path)["final"] == {"env_steps": 400, "wall_s": 42.0, "held_out": 6.5, "ci95": [6.4, 6.6],
+                                        "num_trials": 1000}
