@@ -49,11 +49,11 @@ def curve(run_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", action="append", required=True, help="NAME=RUN_DIR")
+    parser.add_argument("--run", action="append", required=True, help="NAME=RUN_DIR (split at the last =)")
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix")
     args = parser.parse_args(argv)
 
-    runs = {name: curve(Path(path)) for name, _, path in (r.partition("=") for r in args.run)}
+    runs = {name: curve(Path(path)) for name, _, path in (r.rpartition("=") for r in args.run)}
     lines = ["| run | periodic held-out: return at env steps (seconds) | final held-out (trials) | env steps | wall s |",
              "|---|---|---|---|---|"]
     for name, run in runs.items():
