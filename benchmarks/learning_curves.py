@@ -8,18 +8,28 @@ per periodic evaluation) with the seconds since the run's first training iterati
 ``summary.json``, absent when the run was stopped before it. Seconds are only comparable between runs that had the machine to themselves
 or shared it alike.
 
+A run is a run folder or ``FILE.json@N``, the N-th run (from 0) of an earlier ``OUT.json``, so
+a committed curve can stand beside new runs after its folder is gone. With ``--target``, runs named
+``GROUP/SEED`` also get a table per group: the env steps and seconds each seed took to its first
+periodic held-out return at or above the target, and their median with seeds that never reached
+it counted as slower than every seed that did.
+
 How to run (seconds; the runs must exist)::
 
     python benchmarks/learning_curves.py --run main=runs/tabular_mdp_n10-A --run fast=runs/tabular_mdp_n10-B \\
         --out benchmarks/results/learner_throughput/learning_curves
+    python benchmarks/learning_curves.py --target 104 --run R2D2/0=runs/A --run R2D2/1=runs/B \\
+        --run PPO/0=benchmarks/results/tabular_mdp_n10_r2d2/learning_curves.json@1 --out OUT
 
-Output: a table on stdout, ``OUT.md`` and ``OUT.json``.
+Output: the tables on stdout, ``OUT.md`` and ``OUT.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -47,13 +57,50 @@ def curve(run_dir: Path) -> dict:
     return {"periodic": points, "final": final}
 
 
+def load(source: str) -> dict:
+    """A run's curve from its folder, or from ``FILE.json@N``: run N of an earlier output."""
+    path, at, index = source.rpartition("@")
+    if at and path.endswith(".json"):
+        return list(json.loads(Path(path).read_text()).values())[int(index)]
+    return curve(Path(source))
+
+
+def time_to_target(runs: dict[str, dict], target: float) -> list[str]:
+    """Per ``GROUP`` of runs named ``GROUP/SEED``: env steps and seconds to the first periodic
+    held-out return >= ``target``, per seed and as the median (a seed that never got there counts
+    as slower than all that did, so the median says "not reached" when most did not)."""
+    groups: dict[str, list[tuple[str, dict]]] = {}
+    for name, run in runs.items():
+        group, _, seed = name.rpartition("/")
+        groups.setdefault(group or name, []).append((seed, run))
+    lines = [f"| learner | seeds at >= {target:g} | env steps to it, per seed | seconds to it, per seed "
+             "| median env steps | median seconds | final held-out, per seed |",
+             "|---|---|---|---|---|---|---|"]
+    for group, seeds in groups.items():
+        hits = [next((p for p in run["periodic"] if p["held_out"] >= target), None) for _, run in seeds]
+        best = [max((p["held_out"] for p in run["periodic"]), default=math.nan) for _, run in seeds]
+        steps = ", ".join(f"{seed}: {hit['env_steps'] / 1e3:.0f} k" if hit else f"{seed}: not reached (best {b:.1f})"
+                          for (seed, _), hit, b in zip(seeds, hits, best))
+        seconds = ", ".join(f"{seed}: {hit['seconds']:.0f}" if hit else f"{seed}: -" for (seed, _), hit in zip(seeds, hits))
+        median = {key: statistics.median_low([hit[key] if hit else math.inf for hit in hits])
+                  for key in ("env_steps", "seconds")}
+        finals = ", ".join(f"{seed}: {run['final']['held_out']:.2f}" if run["final"] else f"{seed}: -"
+                           for seed, run in seeds)
+        lines.append(f"| {group} | {sum(hit is not None for hit in hits)} of {len(hits)} | {steps} | {seconds} | "
+                     + (f"{median['env_steps'] / 1e3:.0f} k | {median['seconds']:.0f}" if median["seconds"] < math.inf
+                        else "not reached | not reached") + f" | {finals} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", action="append", required=True, help="NAME=RUN_DIR (split at the last =)")
+    parser.add_argument("--run", action="append", required=True,
+                        help="NAME=RUN_DIR or NAME=FILE.json@N (split at the last =); NAME=GROUP/SEED for --target")
+    parser.add_argument("--target", type=float, help="held-out return whose first crossing each group's seeds are timed to")
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix")
     args = parser.parse_args(argv)
 
-    runs = {name: curve(Path(path)) for name, _, path in (r.rpartition("=") for r in args.run)}
+    runs = {name: load(source) for name, _, source in (r.rpartition("=") for r in args.run)}
     lines = ["| run | periodic held-out: return at env steps (seconds) | final held-out (trials) | env steps | wall s |",
              "|---|---|---|---|---|"]
     for name, run in runs.items():
@@ -65,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         lines.append(f"| {name} | {periodic} | {final['held_out']:.2f} [{final['ci95'][0]:.2f}, "
                      f"{final['ci95'][1]:.2f}] ({final['num_trials']}) | {final['env_steps']} | {final['wall_s']:.0f} |")
+    if args.target is not None:
+        lines = [*time_to_target(runs, args.target), "", *lines]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(runs, indent=2))

@@ -16,7 +16,7 @@ from metaray.trial import TrialEnv
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bad_input_probes import TINY, Prober  # noqa: E402
 from bandit_baselines import PAPER, ROWS  # noqa: E402
-from learning_curves import FIRST_ITERATION, HELD_OUT, curve  # noqa: E402
+from learning_curves import FIRST_ITERATION, HELD_OUT, curve, load, time_to_target  # noqa: E402
 from plain_rllib import TRIAL_INDEX_KEY, PlainBanditEnv  # noqa: E402
 from time_to_target import held_out_bandit_trials  # noqa: E402
 
@@ -85,3 +85,25 @@ def test_learning_curve_reads_the_periodic_held_out_series_and_the_final_evaluat
     (tmp_path / "summary.json").write_text(json.dumps({"env_steps": 400, "wall_s": 42.0, "eval": {"test": test}}))
     assert curve(tmp_path)["final"] == {"env_steps": 400, "wall_s": 42.0, "held_out": 6.5, "ci95": [6.4, 6.6],
                                         "num_trials": 1000}
+
+
+def _run(returns, final=None):
+    return {"periodic": [{"env_steps": 1000 * (i + 1), "seconds": 10.0 * (i + 1), "held_out": r}
+                         for i, r in enumerate(returns)], "final": final}
+
+
+def test_time_to_target_is_the_first_crossing_and_a_seed_that_never_crosses_is_slowest():
+    runs = {"A/0": _run([5.0, 6.5, 6.0]), "A/1": _run([6.6]), "A/2": _run([5.0, 5.5, 5.9]),
+            "B/0": _run([6.7]), "B/1": _run([5.0]), "B/2": _run([5.1])}
+    header, _, a, b = time_to_target(runs, 6.5)
+    assert a == ("| A | 2 of 3 | 0: 2 k, 1: 1 k, 2: not reached (best 5.9) | 0: 20, 1: 10, 2: - | 2 k | 20 "
+                 "| 0: -, 1: -, 2: - |")
+    assert "| B | 1 of 3 |" in b and "| not reached | not reached |" in b
+
+
+def test_a_curve_is_read_back_from_an_earlier_output_by_position(tmp_path):
+    import json
+
+    earlier = {"first": _run([1.0]), "second": _run([2.0], final={"held_out": 2.0})}
+    (tmp_path / "curves.json").write_text(json.dumps(earlier))
+    assert load(f"{tmp_path / 'curves.json'}@1") == earlier["second"]
