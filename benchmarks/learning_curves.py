@@ -10,15 +10,16 @@ or shared it alike.
 
 A run is a run folder or ``FILE.json@N``, the N-th run (from 0) of an earlier ``OUT.json``, so
 a committed curve can stand beside new runs after its folder is gone. With ``--target``, runs named
-``GROUP/SEED`` also get a table per group: the env steps and seconds each seed took to its first
-periodic held-out return at or above the target, and their median with seeds that never reached
-it counted as slower than every seed that did.
+``GROUP/SEED`` also get a table, one row per group: the env steps and seconds each seed took to its
+first periodic held-out return at or above the group's target (``--target GROUP=VALUE``, or one
+``--target VALUE`` for all), and their median with seeds that never reached it counted as slower
+than every seed that did.
 
 How to run (seconds; the runs must exist)::
 
     python benchmarks/learning_curves.py --run main=runs/tabular_mdp_n10-A --run fast=runs/tabular_mdp_n10-B \\
         --out benchmarks/results/learner_throughput/learning_curves
-    python benchmarks/learning_curves.py --target 104 --run R2D2/0=runs/A --run R2D2/1=runs/B \\
+    python benchmarks/learning_curves.py --target 105 --run R2D2/0=runs/A --run R2D2/1=runs/B \\
         --run PPO/0=benchmarks/results/tabular_mdp_n10_r2d2/learning_curves.json@1 --out OUT
 
 Output: the tables on stdout, ``OUT.md`` and ``OUT.json``.
@@ -65,18 +66,20 @@ def load(source: str) -> dict:
     return curve(Path(source))
 
 
-def time_to_target(runs: dict[str, dict], target: float) -> list[str]:
+def time_to_target(runs: dict[str, dict], targets: dict[str, float]) -> list[str]:
     """Per ``GROUP`` of runs named ``GROUP/SEED``: env steps and seconds to the first periodic
-    held-out return >= ``target``, per seed and as the median (a seed that never got there counts
-    as slower than all that did, so the median says "not reached" when most did not)."""
+    held-out return >= its target (``targets[GROUP]``, else ``targets[""]``), per seed and as the
+    median (a seed that never got there counts as slower than all that did, so the median says
+    "not reached" when most did not)."""
     groups: dict[str, list[tuple[str, dict]]] = {}
     for name, run in runs.items():
         group, _, seed = name.rpartition("/")
         groups.setdefault(group or name, []).append((seed, run))
-    lines = [f"| learner | seeds at >= {target:g} | env steps to it, per seed | seconds to it, per seed "
+    lines = ["| learner | target | seeds reaching it | env steps to it, per seed | seconds to it, per seed "
              "| median env steps | median seconds | final held-out, per seed |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for group, seeds in groups.items():
+        target = targets.get(group, targets.get(""))
         hits = [next((p for p in run["periodic"] if p["held_out"] >= target), None) for _, run in seeds]
         best = [max((p["held_out"] for p in run["periodic"]), default=math.nan) for _, run in seeds]
         steps = ", ".join(f"{seed}: {hit['env_steps'] / 1e3:.0f} k" if hit else f"{seed}: not reached (best {b:.1f})"
@@ -86,7 +89,7 @@ def time_to_target(runs: dict[str, dict], target: float) -> list[str]:
                   for key in ("env_steps", "seconds")}
         finals = ", ".join(f"{seed}: {run['final']['held_out']:.2f}" if run["final"] else f"{seed}: -"
                            for seed, run in seeds)
-        lines.append(f"| {group} | {sum(hit is not None for hit in hits)} of {len(hits)} | {steps} | {seconds} | "
+        lines.append(f"| {group} | {target:g} | {sum(hit is not None for hit in hits)} of {len(hits)} | {steps} | {seconds} | "
                      + (f"{median['env_steps'] / 1e3:.0f} k | {median['seconds']:.0f}" if median["seconds"] < math.inf
                         else "not reached | not reached") + f" | {finals} |")
     return lines
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", required=True,
                         help="NAME=RUN_DIR or NAME=FILE.json@N (split at the last =); NAME=GROUP/SEED for --target")
-    parser.add_argument("--target", type=float, help="held-out return whose first crossing each group's seeds are timed to")
+    parser.add_argument("--target", action="append", default=[],
+                        help="VALUE or GROUP=VALUE: the held-out return whose first crossing a group's seeds are timed to")
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix")
     args = parser.parse_args(argv)
 
@@ -112,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         lines.append(f"| {name} | {periodic} | {final['held_out']:.2f} [{final['ci95'][0]:.2f}, "
                      f"{final['ci95'][1]:.2f}] ({final['num_trials']}) | {final['env_steps']} | {final['wall_s']:.0f} |")
-    if args.target is not None:
-        lines = [*time_to_target(runs, args.target), "", *lines]
+    if args.target:
+        targets = {group: float(value) for group, _, value in (t.rpartition("=") for t in args.target)}
+        lines = [*time_to_target(runs, targets), "", *lines]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(runs, indent=2))

@@ -95,10 +95,11 @@ def _run(returns, final=None):
 def test_time_to_target_is_the_first_crossing_and_a_seed_that_never_crosses_is_slowest():
     runs = {"A/0": _run([5.0, 6.5, 6.0]), "A/1": _run([6.6]), "A/2": _run([5.0, 5.5, 5.9]),
             "B/0": _run([6.7]), "B/1": _run([5.0]), "B/2": _run([5.1])}
-    header, _, a, b = time_to_target(runs, 6.5)
-    assert a == ("| A | 2 of 3 | 0: 2 k, 1: 1 k, 2: not reached (best 5.9) | 0: 20, 1: 10, 2: - | 2 k | 20 "
+    header, _, a, b = time_to_target(runs, {"": 6.5})
+    assert a == ("| A | 6.5 | 2 of 3 | 0: 2 k, 1: 1 k, 2: not reached (best 5.9) | 0: 20, 1: 10, 2: - | 2 k | 20 "
                  "| 0: -, 1: -, 2: - |")
-    assert "| B | 1 of 3 |" in b and "| not reached | not reached |" in b
+    assert "| B | 6.5 | 1 of 3 |" in b and "| not reached | not reached |" in b
+    assert "| B | 5 | 3 of 3 | 0: 1 k, 1: 1 k, 2: 1 k |" in time_to_target(runs, {"": 6.5, "B": 5.0})[3]
 
 
 def test_a_curve_is_read_back_from_an_earlier_output_by_position(tmp_path):
