@@ -4,7 +4,7 @@ which setting reaches a held-out return first, read from the runs' own TensorBoa
 
 Each run is ``NAME=RUN_DIR``; its curve is the ``eval_test/trial_return_mean`` series (one point
 per periodic evaluation) with the seconds since the run's first training iteration was logged
-(so start-up is left out, evaluation time is in). A run's final evaluation is its
+(so start-up and the pauses of a stopped and resumed run are left out, evaluation time is in). A run's final evaluation is its
 ``summary.json``, absent when the run was stopped before it. Seconds are only comparable between runs that had the machine to themselves
 or shared it alike.
 
@@ -41,12 +41,26 @@ FIRST_ITERATION = "perf/iteration"
 
 
 def curve(run_dir: Path) -> dict:
-    """The run's periodic held-out returns with their env steps and seconds, and its summary."""
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 1, "histograms": 1})
-    events.Reload()
-    start = events.Scalars(FIRST_ITERATION)[0].wall_time
-    points = [{"env_steps": e.step, "seconds": round(e.wall_time - start, 1), "held_out": round(e.value, 3)}
-              for e in events.Scalars(HELD_OUT)]
+    """The run's periodic held-out returns with their env steps and seconds, and its summary.
+
+    A run continued with ``--resume`` has one event file per process: each process's seconds
+    count from its own first iteration and go on from where the previous one stopped, so the
+    time between a stop and its resume is left out, and steps a process redid replace the old ones.
+    """
+    points: list[dict] = []
+    elapsed = 0.0
+    for events_file in sorted(run_dir.glob("events.out.tfevents.*")):
+        events = EventAccumulator(str(events_file), size_guidance={"scalars": 0, "images": 1, "histograms": 1})
+        events.Reload()
+        if FIRST_ITERATION not in events.Tags()["scalars"]:
+            continue
+        iterations = events.Scalars(FIRST_ITERATION)
+        held_out = events.Scalars(HELD_OUT) if HELD_OUT in events.Tags()["scalars"] else []
+        start = iterations[0].wall_time
+        points = [p for p in points if p["env_steps"] < iterations[0].step]
+        points += [{"env_steps": e.step, "seconds": round(elapsed + e.wall_time - start, 1),
+                    "held_out": round(e.value, 3)} for e in held_out]
+        elapsed += max(e.wall_time for e in [*iterations, *held_out]) - start
     summary_file = run_dir / "summary.json"
     if not summary_file.is_file():  # stopped (Ctrl-C) before its final evaluation
         return {"periodic": points, "final": None}

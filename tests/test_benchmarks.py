@@ -87,6 +87,23 @@ def test_learning_curve_reads_the_periodic_held_out_series_and_the_final_evaluat
                                         "num_trials": 1000}
 
 
+def test_a_resumed_run_counts_seconds_of_training_not_the_pause(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    first = SummaryWriter(str(tmp_path), filename_suffix=".1")
+    first.add_scalar(FIRST_ITERATION, 1, global_step=100, walltime=1000.0)
+    first.add_scalar(HELD_OUT, 5.5, global_step=200, walltime=1010.0)
+    first.add_scalar(HELD_OUT, 5.8, global_step=300, walltime=1020.0)
+    first.close()
+    # Resumed an hour later from the checkpoint at step 200: step 300 is redone.
+    second = SummaryWriter(str(tmp_path), filename_suffix=".2")
+    second.add_scalar(FIRST_ITERATION, 3, global_step=250, walltime=4600.0)
+    second.add_scalar(HELD_OUT, 6.0, global_step=300, walltime=4605.0)
+    second.close()
+    assert curve(tmp_path)["periodic"] == [{"env_steps": 200, "seconds": 10.0, "held_out": 5.5},
+                                           {"env_steps": 300, "seconds": 25.0, "held_out": 6.0}]
+
+
 def _run(returns, final=None):
     return {"periodic": [{"env_steps": 1000 * (i + 1), "seconds": 10.0 * (i + 1), "held_out": r}
                          for i, r in enumerate(returns)], "final": final}
