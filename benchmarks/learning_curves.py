@@ -94,18 +94,20 @@ def time_to_target(runs: dict[str, dict], targets: dict[str, float]) -> list[str
              "|---|---|---|---|---|---|---|---|"]
     for group, seeds in groups.items():
         target = targets.get(group, targets.get(""))
-        hits = [next((p for p in run["periodic"] if p["held_out"] >= target), None) for _, run in seeds]
-        best = [max((p["held_out"] for p in run["periodic"]), default=math.nan) for _, run in seeds]
-        steps = ", ".join(f"{seed}: {hit['env_steps'] / 1e3:.0f} k" if hit else f"{seed}: not reached (best {b:.1f})"
-                          for (seed, _), hit, b in zip(seeds, hits, best))
-        seconds = ", ".join(f"{seed}: {hit['seconds']:.0f}" if hit else f"{seed}: -" for (seed, _), hit in zip(seeds, hits))
+        hits, steps, seconds, finals = [], [], [], []
+        for seed, run in seeds:
+            hit = next((p for p in run["periodic"] if p["held_out"] >= target), None)
+            best = max((p["held_out"] for p in run["periodic"]), default=math.nan)
+            hits.append(hit)
+            steps.append(f"{seed}: {hit['env_steps'] / 1e3:.0f} k" if hit else f"{seed}: not reached (best {best:.1f})")
+            seconds.append(f"{seed}: {hit['seconds']:.0f}" if hit else f"{seed}: -")
+            finals.append(f"{seed}: {run['final']['held_out']:.2f}" if run["final"] else f"{seed}: -")
         median = {key: statistics.median_low([hit[key] if hit else math.inf for hit in hits])
                   for key in ("env_steps", "seconds")}
-        finals = ", ".join(f"{seed}: {run['final']['held_out']:.2f}" if run["final"] else f"{seed}: -"
-                           for seed, run in seeds)
-        lines.append(f"| {group} | {target:g} | {sum(hit is not None for hit in hits)} of {len(hits)} | {steps} | {seconds} | "
-                     + (f"{median['env_steps'] / 1e3:.0f} k | {median['seconds']:.0f}" if median["seconds"] < math.inf
-                        else "not reached | not reached") + f" | {finals} |")
+        medians = (f"{median['env_steps'] / 1e3:.0f} k | {median['seconds']:.0f}" if median["seconds"] < math.inf
+                   else "not reached | not reached")
+        lines.append(f"| {group} | {target:g} | {sum(hit is not None for hit in hits)} of {len(hits)} | "
+                     f"{', '.join(steps)} | {', '.join(seconds)} | {medians} | {', '.join(finals)} |")
     return lines
 
 
