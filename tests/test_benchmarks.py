@@ -1,12 +1,14 @@
 """The plain-RLlib baseline env of the benchmarks is a valid env, paired with metaray's trials; the
 bad-input probes table reads well; the RL² Table 1 baselines table matches its configs and results;
-learning curves are read back from a run's TensorBoard events."""
+learning curves are read back from a run's TensorBoard events; the GRU-cost benchmark times the
+same math as ``nn.GRU``."""
 
 from __future__ import annotations
 
 import sys
 
 import numpy as np
+import torch
 from gymnasium.utils.env_checker import check_env
 
 from conftest import ROOT
@@ -16,6 +18,7 @@ from metaray.trial import TrialEnv
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bad_input_probes import TINY, Prober  # noqa: E402
 from bandit_baselines import PAPER, ROWS  # noqa: E402
+from gru_cost import gru_loop  # noqa: E402
 from learning_curves import FIRST_ITERATION, HELD_OUT, curve, load, time_to_target  # noqa: E402
 from plain_rllib import TRIAL_INDEX_KEY, PlainBanditEnv  # noqa: E402
 from time_to_target import held_out_bandit_trials  # noqa: E402
@@ -43,6 +46,13 @@ def test_plain_env_replays_metaray_held_out_trials():
             trial_rewards.append(trial_env.step(action)[1])
         assert done and info[TRIAL_INDEX_KEY] == index
         assert plain_rewards == trial_rewards
+
+
+def test_gru_loop_is_nn_gru_step_by_step():
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(6, 4, batch_first=True)
+    x, h = torch.randn(3, 7, 6), torch.randn(3, 4)
+    assert torch.allclose(gru_loop(gru.all_weights[0], x, h), gru(x, h[None])[0], atol=1e-6)
 
 
 def test_probe_table_spells_the_tiny_run_out_once(tmp_path):
