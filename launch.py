@@ -173,11 +173,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         summary = train(cfg, run_dir, resume=args.resume is not None, mirror=mirror)
     except TrainingError as exc:
-        import ray
-
-        # Ray prints the workers' forwarded log lines from a thread until it shuts down: stop it
-        # first, so that this line comes last rather than among a failing env runner's lines.
-        ray.shutdown()
         print(f"training error: {exc}", file=sys.stderr)
         return 3
     except CheckpointError as exc:
