@@ -48,7 +48,7 @@ def gru_loop(weights: list[torch.Tensor], x: torch.Tensor, h: torch.Tensor) -> t
     return torch.stack(outputs, 1)
 
 
-def best_ms(step, passes: int) -> float:
+def mean_ms(step, passes: int) -> float:
     start = time.perf_counter()
     for _ in range(passes):
         step()
@@ -85,7 +85,7 @@ def main() -> None:
         }
         for step in ways.values():  # warm-up: the compiled backward is built on its first call
             step()
-        best = {name: min(best_ms(step, args.passes) for _ in range(args.repeats)) for name, step in ways.items()}
+        best = {name: min(mean_ms(step, args.passes) for _ in range(args.repeats)) for name, step in ways.items()}
         rows.append((trials, best, compile_s))
     lines = [
         f"# GRU forward + backward per minibatch ({args.steps} steps, width {args.width}, one thread)", "",
